@@ -1,0 +1,31 @@
+//! # needle-core: every decision, none of the waiting
+//!
+//! This crate is Needle's sans-IO core. It decides which protocol a
+//! connection speaks, which endpoint gets a request, whether a failed request
+//! is retried, which backend of a split is taken and whether a peer's
+//! certificate names the right workload. It never touches a socket, a clock or
+//! the operating system's randomness:
+//!
+//! - time is an input: every state machine is handed `now` as a
+//!   [`time::Instant`] and says when it next wants to be woken;
+//! - bytes are inputs: slices in, decisions and bytes to send out;
+//! - randomness is an input: a seeded RNG owned by the caller.
+//!
+//! That is what lets the same decisions run under a real runtime in
+//! production and under a deterministic network simulator in tests, and what
+//! lets every state machine be property-tested alone. The rules are enforced
+//! by `core/clippy.toml` (no `HashMap`/`HashSet`, no `std::time::Instant`, no
+//! `SystemTime::now`, no OS-seeded RNG) and by `#![forbid(unsafe_code)]`.
+//!
+//! The modules, one per decision:
+//! - [`detect`]: which protocol the first bytes of a connection speak.
+//! - [`time`]: the core's notion of time (a number, not a clock).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod detect;
+pub mod time;

@@ -1,0 +1,2 @@
+//! The `needle` binary (provisional until the sidecar work lands).
+fn main() {}
