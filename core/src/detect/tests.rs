@@ -595,3 +595,50 @@ fn the_peek_bound_always_holds() {
     }
     quickcheck(1000).quickcheck(prop as fn(FirstBytes, Vec<Vec<u8>>, u16) -> bool);
 }
+
+// ---------------------------------------------------------------------------
+// Fuzz seed corpora.
+
+/// Writes the seed corpora under `fuzz/seeds/` from the samples above (run
+/// with `cargo test -p needle-core write_fuzz_seeds -- --ignored` after
+/// changing them). The detect target's inputs start with 4 control bytes.
+#[test]
+#[ignore = "writes files; run by hand to refresh fuzz/seeds"]
+fn write_fuzz_seeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = |target: &str, name: String, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    for (i, sample) in samples().iter().enumerate() {
+        let mut framed = vec![0xff, 0x0f, 7, 1];
+        framed.extend_from_slice(sample);
+        write("detect_chunked", format!("seed-{i:02}"), &framed);
+        if let Ok(Some(line)) = http1::parse_request_line(sample) {
+            write("request_line", format!("seed-{i:02}"), &sample[..line.len]);
+        }
+        // ClientHello bodies, reassembled from their records.
+        if sample.first() == Some(&22) && sample.len() > 9 {
+            let mut message = Vec::new();
+            let mut rest = &sample[..];
+            while rest.len() >= 5 {
+                let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+                let end = (5 + len).min(rest.len());
+                message.extend_from_slice(&rest[5..end]);
+                rest = &rest[end..];
+            }
+            write("client_hello", format!("seed-{i:02}"), &message[4..]);
+        }
+    }
+    for (i, line) in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        b"\r\nget * HTTP/1.0\r\n",
+        b"GET /\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("request_line", format!("seed-line-{i}"), line);
+    }
+}
