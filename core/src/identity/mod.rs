@@ -303,7 +303,9 @@ pub enum SpiffeIdError {
         len: usize,
     },
     /// The trust domain holds a character outside `[a-z0-9._-]`.
-    #[error("trust domain contains {found:?}; only lowercase letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "trust domain contains {found:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
+    )]
     InvalidTrustDomainChar {
         /// The first offending character.
         found: char,

@@ -82,9 +82,9 @@ pub fn parse(name: &str) -> Option<Result<SpiffeId, SpiffeIdError>> {
     let name = name.to_ascii_lowercase();
     let labels: Vec<&str> = name.split('.').collect();
     match labels.as_slice() {
-        [sa, ns, m0, m1, td @ ..] if [*m0, *m1] == MARKER && !td.is_empty() => Some(
-            TrustDomain::parse(&td.join(".")).and_then(|td| SpiffeId::new(&td, ns, sa)),
-        ),
+        [sa, ns, m0, m1, td @ ..] if [*m0, *m1] == MARKER && !td.is_empty() => {
+            Some(TrustDomain::parse(&td.join(".")).and_then(|td| SpiffeId::new(&td, ns, sa)))
+        }
         _ => None,
     }
 }

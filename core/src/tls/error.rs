@@ -10,9 +10,9 @@ use std::sync::Arc;
 use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::UnixTime;
 
+use crate::identity::SpiffeId;
 use crate::identity::sni::SniError;
 use crate::identity::x509::CertIdentityError;
-use crate::identity::SpiffeId;
 
 /// Why a handshake (or an established session) failed.
 ///

@@ -132,8 +132,8 @@ impl Session {
         let config = verify::client_config(creds, target, offer, clock.clone())?;
         let name = ServerName::try_from(sni::server_name(target)?)
             .map_err(|e| SetupError::Provider(rustls::Error::General(e.to_string())))?;
-        let conn = rustls::ClientConnection::new(Arc::new(config), name)
-            .map_err(SetupError::Provider)?;
+        let conn =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(SetupError::Provider)?;
         Ok(Session::new(conn.into(), clock, deadline, None))
     }
 
@@ -149,8 +149,7 @@ impl Session {
         let refused = Arc::new(OnceLock::new());
         let config =
             verify::server_config_with_slot(creds, accept, clock.clone(), refused.clone())?;
-        let conn =
-            rustls::ServerConnection::new(Arc::new(config)).map_err(SetupError::Provider)?;
+        let conn = rustls::ServerConnection::new(Arc::new(config)).map_err(SetupError::Provider)?;
         Ok(Session::new(conn.into(), clock, deadline, Some(refused)))
     }
 
