@@ -96,8 +96,7 @@ async fn tokio_rustls_client_handshakes_with_the_core_server_over_loopback() {
     let clock = Arc::new(InputClock::new(unix(T0)));
     let config = needle_core::tls::client_config(&db, &web_id, &[Alpn::H2], clock).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name =
-        rustls::pki_types::ServerName::try_from(sni::server_name(&web_id).unwrap()).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni::server_name(&web_id).unwrap()).unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"needle/h2"[..]));
