@@ -1,6 +1,7 @@
 //! Loading credentials from PEM bytes: each broken input has its own error,
 //! and the rotation store keeps serving the old credentials when new files
 //! are broken.
+#![cfg(feature = "tls")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! Each test names the issue point it proves: a good handshake, wrong CA,
 //! wrong identity, expiry at exact instants, a missing client certificate,
 //! rotation mid-stream, and the same outcome for every byte split.
+#![cfg(feature = "tls")]
 
 mod common;
 
@@ -177,19 +178,13 @@ fn wrong_identity_is_refused_by_the_client() {
     let m = mesh();
     let leaf = m.ca.leaf(DB);
     let clock = Arc::new(InputClock::new(unix(T0)));
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let mut config = rustls::ServerConfig::builder_with_details(provider(), clock.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der.clone().into()],
-            rustls::pki_types::PrivateKeyDer::try_from(
-                rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
-                    .map(|k: rustls::pki_types::PrivateKeyDer<'static>| k)
-                    .unwrap(),
-            )
-            .unwrap(),
-        )
+        .with_single_cert(vec![leaf.der.clone().into()], key)
         .unwrap();
     config.alpn_protocols = vec![b"needle/h2".to_vec()];
     let impostor = Raw::new(
@@ -548,4 +543,39 @@ fn one_byte_at_a_time_gives_the_same_outcome() {
     let (c, s) = outcome(&m.db, &m.web, vec![1]);
     assert_eq!(c, vec![established(WEB, Alpn::H2)]);
     assert_eq!(s, vec![established(DB, Alpn::H2)]);
+}
+
+#[test]
+fn input_stops_being_taken_when_received_plaintext_is_not_drained() {
+    let m = mesh();
+    let mut pair = pair_at(&m.db, &m.web, T0);
+    let big = vec![7u8; 200 * 1024];
+    let mut sent = 0;
+    let mut wire = Vec::new();
+    while sent < big.len() {
+        sent += pair.client.send(&big[sent..]).unwrap();
+        while let Some(Output::Transmit(bytes)) = pair.client.poll_output() {
+            wire.extend_from_slice(&bytes);
+        }
+    }
+    let now = pair.now;
+    let mut fed = 0;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stalls = 0;
+    while fed < wire.len() {
+        let taken = pair.server.handle_input(now, &wire[fed..]);
+        if fed + taken < wire.len() {
+            stalls += 1;
+        }
+        fed += taken;
+        while let needle_core::tls::Received::Data(n) = pair.server.recv(&mut buf) {
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(
+        stalls > 0,
+        "a 200 KiB burst must hit the plaintext buffer limit"
+    );
+    assert_eq!(received, big);
 }

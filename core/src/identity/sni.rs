@@ -10,7 +10,7 @@
 //!
 //! Why this shape:
 //! - **It is a valid DNS name**, which SNI must be (RFC 6066): service
-//!   account and namespace are DNS labels (the [`SpiffeId`](super::SpiffeId)
+//!   account and namespace are DNS labels (the [`SpiffeId`]
 //!   parser guarantees it), the trust domain is a dotted name.
 //! - **It is one-to-one.** Because the service account and the namespace are
 //!   single labels, the first two labels are always they, the fixed marker
