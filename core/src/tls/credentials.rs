@@ -160,10 +160,9 @@ impl Credentials {
 
         let webpki = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| CredentialsError::InvalidTrustAnchor {
-                index: 0,
-                detail: e.to_string(),
-            })?;
+            // The builder only fails without anchors (no CRLs are given),
+            // which the bundle check above already rules out.
+            .map_err(|_| CredentialsError::EmptyBundle)?;
         Ok(Credentials {
             provider,
             certified_key: Arc::new(certified_key),

@@ -92,6 +92,9 @@ pub enum SetupError {
     /// The crypto provider cannot do TLS 1.3 (no TLS 1.3 suites or groups).
     #[error("crypto provider unusable for TLS 1.3: {0}")]
     Provider(rustls::Error),
+    /// The target's server name is not one rustls accepts as a DNS name.
+    #[error("server name {0:?} is not a valid DNS name")]
+    InvalidServerName(String),
     /// No application protocol was given to offer or accept.
     #[error("no application protocol (ALPN) to offer")]
     NoAlpn,

@@ -130,8 +130,9 @@ impl Session {
     ) -> Result<Session, SetupError> {
         let clock = Arc::new(InputClock::new(now.unix));
         let config = verify::client_config(creds, target, offer, clock.clone())?;
-        let name = ServerName::try_from(sni::server_name(target)?)
-            .map_err(|e| SetupError::Provider(rustls::Error::General(e.to_string())))?;
+        let name = sni::server_name(target)?;
+        let name =
+            ServerName::try_from(name.clone()).map_err(|_| SetupError::InvalidServerName(name))?;
         let conn =
             rustls::ClientConnection::new(Arc::new(config), name).map_err(SetupError::Provider)?;
         Ok(Session::new(conn.into(), clock, deadline, None))
