@@ -18,8 +18,14 @@
 //! `SystemTime::now`, no OS-seeded RNG) and by `#![forbid(unsafe_code)]`.
 //!
 //! The modules, one per decision:
+//! - [`authz`]: whether an inbound peer may reach a port (a pure function of
+//!   the port's policy and the peer's identity).
 //! - [`detect`]: which protocol the first bytes of a connection speak.
+//! - [`identity`]: SPIFFE workload identities, their TLS server-name
+//!   encoding, and (with `tls`) reading them out of certificates.
 //! - [`time`]: the core's notion of time (a number, not a clock).
+//! - `tls` (feature `tls`, on by default): the sans-IO mutual-TLS handshake
+//!   driver over rustls, credentials from PEM, and their rotation.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -27,5 +33,9 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod authz;
 pub mod detect;
+pub mod identity;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
