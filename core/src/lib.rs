@@ -41,4 +41,5 @@ pub mod accrual;
 pub mod backoff;
 pub mod balance;
 pub mod detect;
+pub mod retry;
 pub mod time;
