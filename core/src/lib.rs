@@ -42,4 +42,5 @@ pub mod backoff;
 pub mod balance;
 pub mod detect;
 pub mod retry;
+pub mod route;
 pub mod time;
