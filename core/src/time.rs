@@ -108,9 +108,15 @@ mod tests {
     #[test]
     fn arithmetic_saturates_instead_of_overflowing() {
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
-        assert_eq!(Instant::ZERO.saturating_sub(Duration::from_secs(1)), Instant::ZERO);
+        assert_eq!(
+            Instant::ZERO.saturating_sub(Duration::from_secs(1)),
+            Instant::ZERO
+        );
         assert_eq!(Instant::ZERO - Instant::from_secs(3), Duration::ZERO);
-        assert_eq!(Instant::from_secs(3) - Instant::from_secs(1), Duration::from_secs(2));
+        assert_eq!(
+            Instant::from_secs(3) - Instant::from_secs(1),
+            Duration::from_secs(2)
+        );
         assert_eq!(Instant::ZERO.checked_add(Duration::MAX), None);
     }
 

@@ -24,7 +24,10 @@ struct Queue<T> {
 
 impl<T> Queue<T> {
     fn new() -> Self {
-        Queue { heap: BinaryHeap::new(), items: Vec::new() }
+        Queue {
+            heap: BinaryHeap::new(),
+            items: Vec::new(),
+        }
     }
     fn push(&mut self, at: Instant, item: T) {
         self.heap.push(Reverse((at, self.items.len() as u64)));
@@ -43,17 +46,29 @@ impl<T> Queue<T> {
 /// answers after `latency(i, now)` with `ok(i, now)`. Returns picks per
 /// endpoint, counted over `[count_from, end)`, and every pick as
 /// `(time, endpoint, probe)`.
-fn run_balancer(
-    b: &mut Balancer<usize>,
+/// The shape of an open-loop load.
+struct Load {
     endpoints: usize,
     gap: Duration,
     end: Instant,
     count_from: Instant,
     seed: u64,
+}
+
+fn run_balancer(
+    b: &mut Balancer<usize>,
+    load: Load,
     latency: impl Fn(usize, Instant) -> Duration,
     ok: impl Fn(usize, Instant) -> bool,
     mut on_transition: impl FnMut(Instant, usize, Transition),
 ) -> (Vec<u64>, Vec<(Instant, usize, bool)>) {
+    let Load {
+        endpoints,
+        gap,
+        end,
+        count_from,
+        seed,
+    } = load;
     let mut trace = Vec::new();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut done: Queue<(usize, Dispatch)> = Queue::new();
@@ -62,7 +77,11 @@ fn run_balancer(
     while now < end {
         while done.peek_time().is_some_and(|t| t <= now) {
             let (t, (i, d)) = done.pop().unwrap();
-            let c = if ok(i, d.sent_at()) { Completion::Success } else { Completion::Failure };
+            let c = if ok(i, d.sent_at()) {
+                Completion::Success
+            } else {
+                Completion::Failure
+            };
             if let Some(tr) = b.complete(t, d, c, &mut rng) {
                 on_transition(t, i, tr);
             }
@@ -98,40 +117,70 @@ fn scenario_slow_endpoint_gets_a_small_share() {
     // requests per second for a minute. A fair share would be 10%.
     let mut b = balancer(10);
     let (picks, _) = run_balancer(
-        &mut b, 10, Duration::from_millis(1), Instant::from_secs(60), Instant::from_secs(1), 1,
+        &mut b,
+        Load {
+            endpoints: 10,
+            gap: Duration::from_millis(1),
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(1),
+            seed: 1,
+        },
         |i, _| Duration::from_millis(if i == 0 { 100 } else { 10 }),
         |_, _| true,
         |_, _, _| {},
     );
     let total: u64 = picks.iter().sum();
     let share = picks[0] as f64 / total as f64;
-    println!("slow endpoint (100 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests", share * 100.0);
+    println!(
+        "slow endpoint (100 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
+        share * 100.0
+    );
     assert!(share < 0.02, "slow endpoint share {share}");
 
     // Ten times slower still: 1 s among 10 ms.
     let mut b = balancer(10);
     let (picks, _) = run_balancer(
-        &mut b, 10, Duration::from_millis(1), Instant::from_secs(60), Instant::from_secs(1), 2,
+        &mut b,
+        Load {
+            endpoints: 10,
+            gap: Duration::from_millis(1),
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(1),
+            seed: 2,
+        },
         |i, _| Duration::from_millis(if i == 0 { 1000 } else { 10 }),
         |_, _| true,
         |_, _, _| {},
     );
     let total: u64 = picks.iter().sum();
     let share = picks[0] as f64 / total as f64;
-    println!("slow endpoint (1 s among nine at 10 ms, 1000 rps): {:.2}% of {total} requests", share * 100.0);
+    println!(
+        "slow endpoint (1 s among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
+        share * 100.0
+    );
     assert!(share < 0.01, "slow endpoint share {share}");
 
     // Only twice as slow: 20 ms among 10 ms.
     let mut b = balancer(10);
     let (picks, _) = run_balancer(
-        &mut b, 10, Duration::from_millis(1), Instant::from_secs(60), Instant::from_secs(1), 3,
+        &mut b,
+        Load {
+            endpoints: 10,
+            gap: Duration::from_millis(1),
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(1),
+            seed: 3,
+        },
         |i, _| Duration::from_millis(if i == 0 { 20 } else { 10 }),
         |_, _| true,
         |_, _, _| {},
     );
     let total: u64 = picks.iter().sum();
     let share = picks[0] as f64 / total as f64;
-    println!("slow endpoint (20 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests", share * 100.0);
+    println!(
+        "slow endpoint (20 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
+        share * 100.0
+    );
     assert!(share < 0.08, "slow endpoint share {share}");
 }
 
@@ -143,13 +192,23 @@ fn scenario_weights_are_honoured_under_load() {
     b.insert(Instant::ZERO, 0, 1);
     b.insert(Instant::ZERO, 1, 3);
     let (picks, _) = run_balancer(
-        &mut b, 2, Duration::from_millis(1), Instant::from_secs(30), Instant::from_secs(1), 3,
+        &mut b,
+        Load {
+            endpoints: 2,
+            gap: Duration::from_millis(1),
+            end: Instant::from_secs(30),
+            count_from: Instant::from_secs(1),
+            seed: 3,
+        },
         |_, _| Duration::from_millis(20),
         |_, _| true,
         |_, _, _| {},
     );
     let share = picks[1] as f64 / (picks[0] + picks[1]) as f64;
-    println!("weight 3 vs weight 1 at equal latency: {:.1}% to the weight-3 endpoint", share * 100.0);
+    println!(
+        "weight 3 vs weight 1 at equal latency: {:.1}% to the weight-3 endpoint",
+        share * 100.0
+    );
     assert!((0.65..0.85).contains(&share), "{share}");
 }
 
@@ -162,30 +221,64 @@ fn scenario_failing_endpoint_is_ejected_then_recovered() {
     let mut log: Vec<(Instant, Transition)> = Vec::new();
     let heal = Instant::from_secs(20);
     let (picks, trace) = run_balancer(
-        &mut b, 5, Duration::from_millis(5), Instant::from_secs(120), Instant::from_secs(90), 4,
+        &mut b,
+        Load {
+            endpoints: 5,
+            gap: Duration::from_millis(5),
+            end: Instant::from_secs(120),
+            count_from: Instant::from_secs(90),
+            seed: 4,
+        },
         |_, _| Duration::from_millis(10),
         |i, sent| i != 0 || sent >= heal,
-        |t, i, tr| if i == 0 { log.push((t, tr)) },
+        |t, i, tr| {
+            if i == 0 {
+                log.push((t, tr))
+            }
+        },
     );
     let first = log.first().copied();
-    assert!(matches!(first, Some((t, Transition::Ejected { .. })) if t < Instant::from_millis(500)), "{log:?}");
-    let recovered = log.iter().find(|(_, tr)| *tr == Transition::Recovered).map(|(t, _)| *t);
+    assert!(
+        matches!(first, Some((t, Transition::Ejected { .. })) if t < Instant::from_millis(500)),
+        "{log:?}"
+    );
+    let recovered = log
+        .iter()
+        .find(|(_, tr)| *tr == Transition::Recovered)
+        .map(|(t, _)| *t);
     let recovered = recovered.expect("endpoint 0 must recover");
-    assert!(recovered >= heal && recovered < heal + Duration::from_secs(61), "{recovered:?}");
+    assert!(
+        recovered >= heal && recovered < heal + Duration::from_secs(61),
+        "{recovered:?}"
+    );
     // From the first ejection until recovery the endpoint only ever got
     // probes, one per ejection (each probe's answer decides: eject again,
     // or recover).
-    let ejections = log.iter().filter(|(_, tr)| matches!(tr, Transition::Ejected { .. })).count();
+    let ejections = log
+        .iter()
+        .filter(|(_, tr)| matches!(tr, Transition::Ejected { .. }))
+        .count();
     let ejected_at = first.unwrap().0;
-    let while_out: Vec<_> = trace.iter().filter(|(t, i, _)| *i == 0 && *t > ejected_at && *t < recovered).collect();
-    assert!(while_out.iter().all(|(_, _, probe)| *probe), "{while_out:?}");
+    let while_out: Vec<_> = trace
+        .iter()
+        .filter(|(t, i, _)| *i == 0 && *t > ejected_at && *t < recovered)
+        .collect();
+    assert!(
+        while_out.iter().all(|(_, _, probe)| *probe),
+        "{while_out:?}"
+    );
     assert_eq!(while_out.len(), ejections, "{while_out:?} {log:?}");
     let share = picks[0] as f64 / picks.iter().sum::<u64>() as f64;
     println!(
         "failing endpoint: ejected at {:?}, {} ejections, recovered at {recovered:?}; share over the last 30 s {:.1}%",
-        first.unwrap().0, ejections, share * 100.0
+        first.unwrap().0,
+        ejections,
+        share * 100.0
     );
-    assert!(share > 0.10, "recovered endpoint takes traffic again: {share}");
+    assert!(
+        share > 0.10,
+        "recovered endpoint takes traffic again: {share}"
+    );
     assert_eq!(b.health(b.id_of(&0).unwrap()), Some(Health::Ready));
 }
 
@@ -196,7 +289,9 @@ fn scenario_all_endpoints_failing_is_reported_as_all_ejected() {
     let mut now = Instant::ZERO;
     loop {
         match b.pick(now, &mut rng) {
-            Ok(d) => { b.complete(now, d, Completion::Failure, &mut rng); }
+            Ok(d) => {
+                b.complete(now, d, Completion::Failure, &mut rng);
+            }
             Err(PickError::AllEjected { next_probation }) => {
                 assert!(next_probation.is_some_and(|t| t > now));
                 break;
@@ -218,9 +313,19 @@ fn scenario_budget_caps_a_retry_storm() {
     let config = BudgetConfig::default();
     let mut budget = RetryBudget::new(config);
     let mut rng = StdRng::seed_from_u64(6);
-    let timeouts = Timeouts { request: Some(Duration::from_secs(5)), per_try: Some(Duration::from_secs(1)) };
-    let get = RequestMeta { method: "GET", body: RequestBody::Empty };
-    enum Ev { Start, Answer(usize), Wake(usize) }
+    let timeouts = Timeouts {
+        request: Some(Duration::from_secs(5)),
+        per_try: Some(Duration::from_secs(1)),
+    };
+    let get = RequestMeta {
+        method: "GET",
+        body: RequestBody::Empty,
+    };
+    enum Ev {
+        Start,
+        Answer(usize),
+        Wake(usize),
+    }
     let mut q: Queue<Ev> = Queue::new();
     let end = Instant::from_secs(60);
     let mut t = Instant::ZERO;
@@ -231,7 +336,10 @@ fn scenario_budget_caps_a_retry_storm() {
     let mut states: Vec<RetryState> = Vec::new();
     let mut primaries: Vec<Instant> = Vec::new();
     let mut retries: Vec<Instant> = Vec::new();
-    let fail = AttemptOutcome::Response { status: 503, grpc_status: None };
+    let fail = AttemptOutcome::Response {
+        status: 503,
+        grpc_status: None,
+    };
     while let Some((now, ev)) = q.pop() {
         match ev {
             Ev::Start => {
@@ -240,7 +348,10 @@ fn scenario_budget_caps_a_retry_storm() {
                 q.push(now + Duration::from_millis(1), Ev::Answer(states.len() - 1));
             }
             Ev::Answer(i) => {
-                match states[i].on_outcome(now, fail, &policy, &mut budget, &mut rng).unwrap() {
+                match states[i]
+                    .on_outcome(now, fail, &policy, &mut budget, &mut rng)
+                    .unwrap()
+                {
                     Step::Backoff { until } => {
                         retries.push(now);
                         q.push(until, Ev::Wake(i));
@@ -273,10 +384,16 @@ fn scenario_budget_caps_a_retry_storm() {
     }
     println!(
         "retry storm: {} primaries, {} retries ({:.1}% extra load; policy alone: 200%); fullest window at {:.1}% of the bound",
-        primaries.len(), retries.len(), ratio * 100.0, worst * 100.0
+        primaries.len(),
+        retries.len(),
+        ratio * 100.0,
+        worst * 100.0
     );
     // Over the whole run (just over 60 s, so 7 windows' worth of floor):
     // retries ≤ 20% × 60,000 + 7 × 100.
-    assert!(retries.len() as f64 <= 0.2 * primaries.len() as f64 + 700.0, "{ratio}");
+    assert!(
+        retries.len() as f64 <= 0.2 * primaries.len() as f64 + 700.0,
+        "{ratio}"
+    );
     assert!(ratio > 0.18, "the budget is actually spent: {ratio}");
 }

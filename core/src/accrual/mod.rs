@@ -305,7 +305,9 @@ mod tests {
         let mut a = Accrual::new(AccrualConfig::default());
         assert_eq!(fail_n(&mut a, Instant::ZERO, 6, &mut rng), None);
         assert!(a.is_available());
-        let Some(Transition::Ejected { until }) = a.on_response(Instant::ZERO, false, false, &mut rng) else {
+        let Some(Transition::Ejected { until }) =
+            a.on_response(Instant::ZERO, false, false, &mut rng)
+        else {
             panic!("7th failure must eject");
         };
         assert!(until >= Instant::from_secs(1) && until <= Instant::from_millis(1500));
@@ -319,18 +321,26 @@ mod tests {
         let mut a = Accrual::new(AccrualConfig::default());
         fail_n(&mut a, Instant::ZERO, 7, &mut rng);
         let until = a.poll_timeout().unwrap();
-        assert_eq!(a.handle_timeout(until.saturating_sub(Duration::from_nanos(1))), None);
+        assert_eq!(
+            a.handle_timeout(until.saturating_sub(Duration::from_nanos(1))),
+            None
+        );
         assert_eq!(a.handle_timeout(until), Some(Transition::Probation));
         assert!(a.on_dispatch(), "first request is the probe");
         assert!(!a.is_available(), "nothing else while probing");
         // A failed probe ejects again, for longer.
-        let Some(Transition::Ejected { until: again }) = a.on_response(until, false, true, &mut rng) else {
+        let Some(Transition::Ejected { until: again }) =
+            a.on_response(until, false, true, &mut rng)
+        else {
             panic!("failed probe must eject");
         };
         assert!(again - until >= Duration::from_secs(2));
         a.handle_timeout(again);
         assert!(a.on_dispatch());
-        assert_eq!(a.on_response(again, true, true, &mut rng), Some(Transition::Recovered));
+        assert_eq!(
+            a.on_response(again, true, true, &mut rng),
+            Some(Transition::Recovered)
+        );
         assert_eq!(a.health(), Health::Ready);
     }
 

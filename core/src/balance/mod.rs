@@ -13,7 +13,7 @@
 //! than the global minimum, make each pick O(1) (no scan, no heap keyed on a
 //! cost that changes with time) while still avoiding the worst endpoints
 //! almost always: the chance of drawing the slowest of `n` twice is `1/n²`.
-//! The RTT estimate ([`ewma`]) reacts to a slow response at once and decays
+//! The RTT estimate (peak-EWMA, see `balance/ewma.rs`) reacts to a slow response at once and decays
 //! slowly; multiplying by pending requests accounts for load the estimate
 //! has not seen yet, which is what stops a newly fast endpoint from being
 //! flooded. Dividing by the weight makes an endpoint of weight 2 look half

@@ -10,9 +10,15 @@ fn rng() -> SmallRng {
 #[test]
 fn empty_and_zero_weight_sets_report_no_endpoints() {
     let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
-    assert_eq!(b.pick(Instant::ZERO, &mut rng()), Err(PickError::NoEndpoints));
+    assert_eq!(
+        b.pick(Instant::ZERO, &mut rng()),
+        Err(PickError::NoEndpoints)
+    );
     b.insert(Instant::ZERO, 1, 0);
-    assert_eq!(b.pick(Instant::ZERO, &mut rng()), Err(PickError::NoEndpoints));
+    assert_eq!(
+        b.pick(Instant::ZERO, &mut rng()),
+        Err(PickError::NoEndpoints)
+    );
 }
 
 #[test]
@@ -24,7 +30,10 @@ fn all_ejected_is_reported_with_the_next_probation() {
         let d = b.pick(Instant::ZERO, &mut r).unwrap();
         b.complete(Instant::ZERO, d, Completion::Failure, &mut r);
     }
-    let Err(PickError::AllEjected { next_probation: Some(at) }) = b.pick(Instant::ZERO, &mut r) else {
+    let Err(PickError::AllEjected {
+        next_probation: Some(at),
+    }) = b.pick(Instant::ZERO, &mut r)
+    else {
         panic!("expected AllEjected");
     };
     assert_eq!(b.poll_timeout(), Some(at));
@@ -32,10 +41,15 @@ fn all_ejected_is_reported_with_the_next_probation() {
     assert!(probe.is_probe());
     assert_eq!(
         b.pick(at, &mut r),
-        Err(PickError::AllEjected { next_probation: None }),
+        Err(PickError::AllEjected {
+            next_probation: None
+        }),
         "only the probe goes to an endpoint in probation"
     );
-    assert_eq!(b.complete(at, probe, Completion::Success, &mut r), Some(Transition::Recovered));
+    assert_eq!(
+        b.complete(at, probe, Completion::Success, &mut r),
+        Some(Transition::Recovered)
+    );
     assert!(b.pick(at, &mut r).is_ok());
 }
 
@@ -49,7 +63,10 @@ fn completing_a_request_on_a_removed_endpoint_is_harmless() {
     // The slot is reused by a new endpoint; the old dispatch must not touch it.
     let c = b.insert(Instant::ZERO, 2, 1);
     assert_ne!(a, c);
-    assert_eq!(b.complete(Instant::from_secs(1), d, Completion::Failure, &mut r), None);
+    assert_eq!(
+        b.complete(Instant::from_secs(1), d, Completion::Failure, &mut r),
+        None
+    );
     assert_eq!(b.pending(c), Some(0));
     assert_eq!(b.remove(a), None, "a stale id resolves to nothing");
 }
@@ -64,7 +81,11 @@ fn the_cheaper_of_two_wins() {
     loop {
         let d = b.pick(Instant::ZERO, &mut r).unwrap();
         let was_slow = d.endpoint() == slow;
-        let done = if was_slow { Instant::from_secs(1) } else { Instant::ZERO };
+        let done = if was_slow {
+            Instant::from_secs(1)
+        } else {
+            Instant::ZERO
+        };
         b.complete(done, d, Completion::Success, &mut r);
         if was_slow {
             break;
@@ -159,7 +180,7 @@ quickcheck! {
                 }
             }
             if b.len() != model.len() { return false; }
-            for (k, _) in &model {
+            for k in model.keys() {
                 let id = b.id_of(k).unwrap();
                 let expect = outstanding.iter().filter(|d| d.endpoint() == id).count();
                 if b.pending(id) != Some(expect as u32) { return false; }

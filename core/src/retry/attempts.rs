@@ -114,9 +114,7 @@ impl RetryState {
         budget.record_request(now);
         let body_replayable = match request.body {
             RequestBody::Empty | RequestBody::Streaming => true,
-            RequestBody::Sized(n) => {
-                n <= u64::try_from(policy.replay_buffer).unwrap_or(u64::MAX)
-            }
+            RequestBody::Sized(n) => n <= u64::try_from(policy.replay_buffer).unwrap_or(u64::MAX),
         };
         let mut s = RetryState {
             deadline: timeouts.request.map(|d| now + d),
@@ -242,7 +240,9 @@ impl RetryState {
         let until = now + policy.backoff.delay(self.attempts - 1, rng);
         if let Some(deadline) = self.deadline {
             let fits = match self.per_try {
-                Some(per_try) => until.checked_add(per_try).is_some_and(|end| end <= deadline),
+                Some(per_try) => until
+                    .checked_add(per_try)
+                    .is_some_and(|end| end <= deadline),
                 None => until < deadline,
             };
             if !fits {

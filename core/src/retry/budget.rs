@@ -184,10 +184,14 @@ mod tests {
     #[test]
     fn floor_alone_allows_min_times_window() {
         let mut b = budget(0, 10, 10_000);
-        let admitted = (0..500).filter(|_| b.try_withdraw(Instant::from_secs(1))).count();
+        let admitted = (0..500)
+            .filter(|_| b.try_withdraw(Instant::from_secs(1)))
+            .count();
         assert_eq!(admitted, 100);
         // 10 s later the window has slid past those retries.
-        let admitted = (0..500).filter(|_| b.try_withdraw(Instant::from_millis(11_001))).count();
+        let admitted = (0..500)
+            .filter(|_| b.try_withdraw(Instant::from_millis(11_001)))
+            .count();
         assert_eq!(admitted, 100);
     }
 
@@ -213,7 +217,9 @@ mod tests {
         for i in 0..1000 {
             b.record_request(Instant::from_millis(i));
         }
-        let admitted = (0..1000).filter(|_| b.try_withdraw(Instant::from_millis(1000))).count();
+        let admitted = (0..1000)
+            .filter(|_| b.try_withdraw(Instant::from_millis(1000)))
+            .count();
         assert_eq!(admitted, 10);
     }
 

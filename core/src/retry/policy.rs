@@ -33,7 +33,10 @@ impl AttemptOutcome {
     /// Whether the endpoint provably never processed the request, which
     /// makes a retry safe whatever the method.
     pub fn unprocessed(&self) -> bool {
-        matches!(self, AttemptOutcome::ConnectFailed | AttemptOutcome::RefusedStream)
+        matches!(
+            self,
+            AttemptOutcome::ConnectFailed | AttemptOutcome::RefusedStream
+        )
     }
 }
 

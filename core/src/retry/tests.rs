@@ -24,17 +24,26 @@ fn get() -> RequestMeta<'static> {
 }
 
 /// Runs one request whose attempts all end with `outcome` after 1 ms.
-fn run(policy: &RetryPolicy, timeouts: Timeouts, req: &RequestMeta<'_>, outcome: AttemptOutcome) -> (u32, Finish) {
+fn run(
+    policy: &RetryPolicy,
+    timeouts: Timeouts,
+    req: &RequestMeta<'_>,
+    outcome: AttemptOutcome,
+) -> (u32, Finish) {
     let mut rng = SmallRng::seed_from_u64(9);
     let mut budget = roomy_budget();
     let mut now = Instant::ZERO;
     let mut s = RetryState::new(now, policy, timeouts, req, &mut budget);
     loop {
         now += Duration::from_millis(1);
-        let mut step = s.on_outcome(now, outcome, policy, &mut budget, &mut rng).unwrap();
+        let mut step = s
+            .on_outcome(now, outcome, policy, &mut budget, &mut rng)
+            .unwrap();
         while let Step::Backoff { until } = step {
             now = until;
-            step = s.handle_timeout(now, policy, &mut budget, &mut rng).unwrap();
+            step = s
+                .handle_timeout(now, policy, &mut budget, &mut rng)
+                .unwrap();
         }
         if let Step::Finish(f) = step {
             return (s.attempts(), f);
@@ -44,66 +53,181 @@ fn run(policy: &RetryPolicy, timeouts: Timeouts, req: &RequestMeta<'_>, outcome:
 
 #[test]
 fn retries_up_to_max_attempts() {
-    let (n, f) = run(&RetryPolicy::default(), Timeouts::default(), &get(), UNAVAILABLE);
+    let (n, f) = run(
+        &RetryPolicy::default(),
+        Timeouts::default(),
+        &get(),
+        UNAVAILABLE,
+    );
     assert_eq!((n, f), (3, Finish::AttemptsExhausted));
 }
 
 #[test]
 fn success_and_unlisted_statuses_are_final() {
-    let ok = AttemptOutcome::Response { status: 200, grpc_status: None };
-    assert_eq!(run(&RetryPolicy::default(), Timeouts::default(), &get(), ok), (1, Finish::Final));
-    let e500 = AttemptOutcome::Response { status: 500, grpc_status: None };
-    assert_eq!(run(&RetryPolicy::default(), Timeouts::default(), &get(), e500), (1, Finish::Final));
-    assert_eq!(run(&RetryPolicy::default(), Timeouts::default(), &get(), AttemptOutcome::Error), (1, Finish::Final));
+    let ok = AttemptOutcome::Response {
+        status: 200,
+        grpc_status: None,
+    };
+    assert_eq!(
+        run(&RetryPolicy::default(), Timeouts::default(), &get(), ok),
+        (1, Finish::Final)
+    );
+    let e500 = AttemptOutcome::Response {
+        status: 500,
+        grpc_status: None,
+    };
+    assert_eq!(
+        run(&RetryPolicy::default(), Timeouts::default(), &get(), e500),
+        (1, Finish::Final)
+    );
+    assert_eq!(
+        run(
+            &RetryPolicy::default(),
+            Timeouts::default(),
+            &get(),
+            AttemptOutcome::Error
+        ),
+        (1, Finish::Final)
+    );
 }
 
 #[test]
 fn grpc_unavailable_is_retried_on_grpc_routes() {
-    let unavailable = AttemptOutcome::Response { status: 200, grpc_status: Some(GRPC_UNAVAILABLE) };
-    let post = RequestMeta { method: "POST", body: RequestBody::Sized(100) };
-    assert_eq!(run(&RetryPolicy::grpc(), Timeouts::default(), &post, unavailable).1, Finish::AttemptsExhausted);
-    let internal = AttemptOutcome::Response { status: 200, grpc_status: Some(13) };
-    assert_eq!(run(&RetryPolicy::grpc(), Timeouts::default(), &post, internal).1, Finish::Final);
+    let unavailable = AttemptOutcome::Response {
+        status: 200,
+        grpc_status: Some(GRPC_UNAVAILABLE),
+    };
+    let post = RequestMeta {
+        method: "POST",
+        body: RequestBody::Sized(100),
+    };
+    assert_eq!(
+        run(
+            &RetryPolicy::grpc(),
+            Timeouts::default(),
+            &post,
+            unavailable
+        )
+        .1,
+        Finish::AttemptsExhausted
+    );
+    let internal = AttemptOutcome::Response {
+        status: 200,
+        grpc_status: Some(13),
+    };
+    assert_eq!(
+        run(&RetryPolicy::grpc(), Timeouts::default(), &post, internal).1,
+        Finish::Final
+    );
 }
 
 #[test]
 fn non_idempotent_requests_are_retried_only_when_unprocessed() {
-    let post = RequestMeta { method: "POST", body: RequestBody::Empty };
+    let post = RequestMeta {
+        method: "POST",
+        body: RequestBody::Empty,
+    };
     let p = RetryPolicy::default();
-    assert_eq!(run(&p, Timeouts::default(), &post, UNAVAILABLE), (1, Finish::MethodNotRetryable));
-    assert_eq!(run(&p, Timeouts::default(), &post, AttemptOutcome::PerTryTimeout), (1, Finish::MethodNotRetryable));
-    assert_eq!(run(&p, Timeouts::default(), &post, AttemptOutcome::ConnectFailed).1, Finish::AttemptsExhausted);
-    assert_eq!(run(&p, Timeouts::default(), &post, AttemptOutcome::RefusedStream).1, Finish::AttemptsExhausted);
+    assert_eq!(
+        run(&p, Timeouts::default(), &post, UNAVAILABLE),
+        (1, Finish::MethodNotRetryable)
+    );
+    assert_eq!(
+        run(
+            &p,
+            Timeouts::default(),
+            &post,
+            AttemptOutcome::PerTryTimeout
+        ),
+        (1, Finish::MethodNotRetryable)
+    );
+    assert_eq!(
+        run(
+            &p,
+            Timeouts::default(),
+            &post,
+            AttemptOutcome::ConnectFailed
+        )
+        .1,
+        Finish::AttemptsExhausted
+    );
+    assert_eq!(
+        run(
+            &p,
+            Timeouts::default(),
+            &post,
+            AttemptOutcome::RefusedStream
+        )
+        .1,
+        Finish::AttemptsExhausted
+    );
 }
 
 #[test]
 fn bodies_larger_than_the_replay_buffer_are_not_retried() {
     let p = RetryPolicy::default();
-    let fits = RequestMeta { method: "PUT", body: RequestBody::Sized(64 * 1024) };
-    let too_big = RequestMeta { method: "PUT", body: RequestBody::Sized(64 * 1024 + 1) };
-    assert_eq!(run(&p, Timeouts::default(), &fits, UNAVAILABLE).1, Finish::AttemptsExhausted);
-    assert_eq!(run(&p, Timeouts::default(), &too_big, UNAVAILABLE), (1, Finish::BodyNotReplayable));
+    let fits = RequestMeta {
+        method: "PUT",
+        body: RequestBody::Sized(64 * 1024),
+    };
+    let too_big = RequestMeta {
+        method: "PUT",
+        body: RequestBody::Sized(64 * 1024 + 1),
+    };
+    assert_eq!(
+        run(&p, Timeouts::default(), &fits, UNAVAILABLE).1,
+        Finish::AttemptsExhausted
+    );
+    assert_eq!(
+        run(&p, Timeouts::default(), &too_big, UNAVAILABLE),
+        (1, Finish::BodyNotReplayable)
+    );
 
     let mut rng = SmallRng::seed_from_u64(1);
     let mut budget = roomy_budget();
-    let streaming = RequestMeta { method: "PUT", body: RequestBody::Streaming };
-    let mut s = RetryState::new(Instant::ZERO, &p, Timeouts::default(), &streaming, &mut budget);
+    let streaming = RequestMeta {
+        method: "PUT",
+        body: RequestBody::Streaming,
+    };
+    let mut s = RetryState::new(
+        Instant::ZERO,
+        &p,
+        Timeouts::default(),
+        &streaming,
+        &mut budget,
+    );
     s.replay_buffer_overflowed();
-    let step = s.on_outcome(Instant::ZERO, UNAVAILABLE, &p, &mut budget, &mut rng).unwrap();
+    let step = s
+        .on_outcome(Instant::ZERO, UNAVAILABLE, &p, &mut budget, &mut rng)
+        .unwrap();
     assert_eq!(step, Step::Finish(Finish::BodyNotReplayable));
 }
 
 #[test]
 fn per_try_timeout_retries_and_request_deadline_stops() {
-    let p = RetryPolicy { max_attempts: 10, ..RetryPolicy::default() };
-    let t = Timeouts { request: Some(Duration::from_millis(900)), per_try: Some(Duration::from_millis(300)) };
+    let p = RetryPolicy {
+        max_attempts: 10,
+        ..RetryPolicy::default()
+    };
+    let t = Timeouts {
+        request: Some(Duration::from_millis(900)),
+        per_try: Some(Duration::from_millis(300)),
+    };
     let mut rng = SmallRng::seed_from_u64(1);
     let mut budget = roomy_budget();
     let mut s = RetryState::new(Instant::ZERO, &p, t, &get(), &mut budget);
     assert_eq!(s.poll_timeout(), Some(Instant::from_millis(300)));
-    let step = s.handle_timeout(Instant::from_millis(300), &p, &mut budget, &mut rng).unwrap();
-    let Step::Backoff { until } = step else { panic!("{step:?}") };
-    let Some(Step::Attempt { number: 2, deadline: Some(d) }) = s.handle_timeout(until, &p, &mut budget, &mut rng) else {
+    let step = s
+        .handle_timeout(Instant::from_millis(300), &p, &mut budget, &mut rng)
+        .unwrap();
+    let Step::Backoff { until } = step else {
+        panic!("{step:?}")
+    };
+    let Some(Step::Attempt {
+        number: 2,
+        deadline: Some(d),
+    }) = s.handle_timeout(until, &p, &mut budget, &mut rng)
+    else {
         panic!()
     };
     assert_eq!(d, until + Duration::from_millis(300));
@@ -117,7 +241,10 @@ fn per_try_timeout_retries_and_request_deadline_stops() {
 #[test]
 fn request_deadline_caps_an_attempt_without_per_try_timeout() {
     let p = RetryPolicy::default();
-    let t = Timeouts { request: Some(Duration::from_secs(1)), per_try: None };
+    let t = Timeouts {
+        request: Some(Duration::from_secs(1)),
+        per_try: None,
+    };
     let mut rng = SmallRng::seed_from_u64(1);
     let mut budget = roomy_budget();
     let mut s = RetryState::new(Instant::ZERO, &p, t, &get(), &mut budget);
@@ -125,7 +252,13 @@ fn request_deadline_caps_an_attempt_without_per_try_timeout() {
     let step = s.handle_timeout(Instant::from_secs(1), &p, &mut budget, &mut rng);
     assert_eq!(step, Some(Step::Finish(Finish::DeadlineExceeded)));
     assert_eq!(
-        s.on_outcome(Instant::from_secs(1), UNAVAILABLE, &p, &mut budget, &mut rng),
+        s.on_outcome(
+            Instant::from_secs(1),
+            UNAVAILABLE,
+            &p,
+            &mut budget,
+            &mut rng
+        ),
         Err(RetryError::NoAttemptInFlight)
     );
 }
@@ -134,9 +267,15 @@ fn request_deadline_caps_an_attempt_without_per_try_timeout() {
 fn an_empty_budget_stops_retries() {
     let p = RetryPolicy::default();
     let mut rng = SmallRng::seed_from_u64(1);
-    let mut budget = RetryBudget::new(BudgetConfig { ratio: 0.0, min_per_second: 0, ..BudgetConfig::default() });
+    let mut budget = RetryBudget::new(BudgetConfig {
+        ratio: 0.0,
+        min_per_second: 0,
+        ..BudgetConfig::default()
+    });
     let mut s = RetryState::new(Instant::ZERO, &p, Timeouts::default(), &get(), &mut budget);
-    let step = s.on_outcome(Instant::ZERO, UNAVAILABLE, &p, &mut budget, &mut rng).unwrap();
+    let step = s
+        .on_outcome(Instant::ZERO, UNAVAILABLE, &p, &mut budget, &mut rng)
+        .unwrap();
     assert_eq!(step, Step::Finish(Finish::BudgetExhausted));
 }
 
@@ -149,14 +288,23 @@ struct Attempt {
 impl Arbitrary for Attempt {
     fn arbitrary(g: &mut Gen) -> Self {
         let outcome = match u8::arbitrary(g) % 7 {
-            0 => AttemptOutcome::Response { status: 200, grpc_status: None },
+            0 => AttemptOutcome::Response {
+                status: 200,
+                grpc_status: None,
+            },
             1 | 2 => UNAVAILABLE,
             3 => AttemptOutcome::ConnectFailed,
             4 => AttemptOutcome::RefusedStream,
             5 => AttemptOutcome::Error,
-            _ => AttemptOutcome::Response { status: 200, grpc_status: Some(GRPC_UNAVAILABLE) },
+            _ => AttemptOutcome::Response {
+                status: 200,
+                grpc_status: Some(GRPC_UNAVAILABLE),
+            },
         };
-        Attempt { outcome, after_ms: u16::arbitrary(g) % 1500 }
+        Attempt {
+            outcome,
+            after_ms: u16::arbitrary(g) % 1500,
+        }
     }
 }
 

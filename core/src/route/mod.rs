@@ -166,7 +166,10 @@ impl<M: RouteMatch + Default, B> RouteTable<M, B> {
         let mut keyed = Vec::new();
         for (ri, route) in routes.iter().enumerate() {
             for (ui, rule) in route.rules.iter().enumerate() {
-                let id = RuleId { route: ri, rule: ui };
+                let id = RuleId {
+                    route: ri,
+                    rule: ui,
+                };
                 if rule.matches.is_empty() {
                     keyed.push((implicit, id, None));
                 }

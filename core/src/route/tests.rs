@@ -12,14 +12,26 @@ fn rule<M>(matches: Vec<M>, backend: &'static str) -> Rule<M, &'static str> {
 }
 
 fn route<M>(name: &str, created: u64, rules: Vec<Rule<M, &'static str>>) -> Route<M, &'static str> {
-    Route { namespace: "default".into(), name: name.into(), created, rules }
+    Route {
+        namespace: "default".into(),
+        name: name.into(),
+        created,
+        rules,
+    }
 }
 
 fn get(path: &str) -> Head<'_> {
-    Head { method: "GET", path, headers: &[] }
+    Head {
+        method: "GET",
+        path,
+        headers: &[],
+    }
 }
 
-fn backend<M: RouteMatch + Default>(t: &mut RouteTable<M, &'static str>, h: &Head<'_>) -> Option<&'static str> {
+fn backend<M: RouteMatch + Default>(
+    t: &mut RouteTable<M, &'static str>,
+    h: &Head<'_>,
+) -> Option<&'static str> {
     t.select(h).and_then(|s| s.backend.copied())
 }
 
@@ -39,17 +51,35 @@ fn prefix_matches_whole_segments_only() {
 
 #[test]
 fn http_precedence_follows_the_gateway_api() {
-    let mut t = HttpRouteTable::new(vec![
-        route("a", 0, vec![
+    let mut t = HttpRouteTable::new(vec![route(
+        "a",
+        0,
+        vec![
             rule(vec![HttpMatch::path(PathMatch::prefix("/"))], "root"),
             rule(vec![HttpMatch::path(PathMatch::prefix("/api"))], "api"),
             rule(vec![HttpMatch::path(PathMatch::prefix("/api/v1"))], "v1"),
             rule(vec![HttpMatch::path(PathMatch::exact("/api"))], "exact"),
-            rule(vec![HttpMatch::path(PathMatch::prefix("/api")).with_header(HeaderMatch::exact("X-Canary", "1"))], "hdr"),
-            rule(vec![HttpMatch::path(PathMatch::prefix("/api")).with_method("POST")], "post"),
-            rule(vec![HttpMatch::path(PathMatch::prefix("/api")).with_header(HeaderMatch::exact("x-a", "1")).with_header(HeaderMatch::exact("x-b", "1"))], "two-hdr"),
-        ]),
-    ]);
+            rule(
+                vec![
+                    HttpMatch::path(PathMatch::prefix("/api"))
+                        .with_header(HeaderMatch::exact("X-Canary", "1")),
+                ],
+                "hdr",
+            ),
+            rule(
+                vec![HttpMatch::path(PathMatch::prefix("/api")).with_method("POST")],
+                "post",
+            ),
+            rule(
+                vec![
+                    HttpMatch::path(PathMatch::prefix("/api"))
+                        .with_header(HeaderMatch::exact("x-a", "1"))
+                        .with_header(HeaderMatch::exact("x-b", "1")),
+                ],
+                "two-hdr",
+            ),
+        ],
+    )]);
     // Exact beats every prefix, including longer ones with more conditions.
     assert_eq!(backend(&mut t, &get("/api")), Some("exact"));
     // The longest prefix wins.
@@ -57,14 +87,30 @@ fn http_precedence_follows_the_gateway_api() {
     assert_eq!(backend(&mut t, &get("/api/v2")), Some("api"));
     assert_eq!(backend(&mut t, &get("/other?x=/api")), Some("root"));
     // Same prefix: a method match beats header matches.
-    let post = Head { method: "POST", path: "/api/x", headers: &[("x-canary", "1")] };
+    let post = Head {
+        method: "POST",
+        path: "/api/x",
+        headers: &[("x-canary", "1")],
+    };
     assert_eq!(backend(&mut t, &post), Some("post"));
     // Same prefix, no method: more header matches win; names are case-insensitive.
-    let both = Head { method: "GET", path: "/api/x", headers: &[("X-Canary", "1"), ("X-A", "1"), ("x-b", "1")] };
+    let both = Head {
+        method: "GET",
+        path: "/api/x",
+        headers: &[("X-Canary", "1"), ("X-A", "1"), ("x-b", "1")],
+    };
     assert_eq!(backend(&mut t, &both), Some("two-hdr"));
-    let canary = Head { method: "GET", path: "/api/x", headers: &[("X-Canary", "1")] };
+    let canary = Head {
+        method: "GET",
+        path: "/api/x",
+        headers: &[("X-Canary", "1")],
+    };
     assert_eq!(backend(&mut t, &canary), Some("hdr"));
-    let wrong_value = Head { method: "GET", path: "/api/x", headers: &[("x-canary", "2")] };
+    let wrong_value = Head {
+        method: "GET",
+        path: "/api/x",
+        headers: &[("x-canary", "2")],
+    };
     assert_eq!(backend(&mut t, &wrong_value), Some("api"));
 }
 
@@ -73,13 +119,21 @@ fn ties_go_to_the_oldest_route_then_by_name_then_to_the_first_rule() {
     let m = || vec![HttpMatch::path(PathMatch::prefix("/x"))];
     let mut t = HttpRouteTable::new(vec![
         route("b-newer", 20, vec![rule(m(), "newer")]),
-        route("c-old", 10, vec![rule(m(), "old-c-first"), rule(m(), "old-c-second")]),
+        route(
+            "c-old",
+            10,
+            vec![rule(m(), "old-c-first"), rule(m(), "old-c-second")],
+        ),
         route("a-old", 10, vec![rule(m(), "old-a")]),
     ]);
     assert_eq!(backend(&mut t, &get("/x")), Some("old-a"));
     let mut t = HttpRouteTable::new(vec![
         route("b-newer", 20, vec![rule(m(), "newer")]),
-        route("c-old", 10, vec![rule(m(), "old-c-first"), rule(m(), "old-c-second")]),
+        route(
+            "c-old",
+            10,
+            vec![rule(m(), "old-c-first"), rule(m(), "old-c-second")],
+        ),
     ]);
     assert_eq!(backend(&mut t, &get("/x")), Some("old-c-first"));
 }
@@ -88,22 +142,46 @@ fn ties_go_to_the_oldest_route_then_by_name_then_to_the_first_rule() {
 fn a_rule_without_matches_matches_everything_and_no_match_is_none() {
     let mut t = HttpRouteTable::new(vec![route("r", 0, vec![rule(vec![], "all")])]);
     assert_eq!(backend(&mut t, &get("/whatever")), Some("all"));
-    let t: HttpRouteTable<&str> = HttpRouteTable::new(vec![route("r", 0, vec![rule(vec![HttpMatch::path(PathMatch::exact("/a"))], "a")])]);
+    let t: HttpRouteTable<&str> = HttpRouteTable::new(vec![route(
+        "r",
+        0,
+        vec![rule(vec![HttpMatch::path(PathMatch::exact("/a"))], "a")],
+    )]);
     assert_eq!(t.lookup(&get("/b")), None);
 }
 
 #[test]
 fn grpc_precedence_prefers_service_and_method_over_service() {
-    let mut t = GrpcRouteTable::new(vec![route("g", 0, vec![
-        rule(vec![GrpcMatch::new(Some("pkg.Greeter"), None)], "service"),
-        rule(vec![GrpcMatch::new(Some("pkg.Greeter"), Some("SayHello"))], "method"),
-        rule(vec![GrpcMatch::new(None, Some("SayHello"))], "any-service"),
-        rule(vec![GrpcMatch::default()], "all"),
-    ])]);
-    let call = |path| Head { method: "POST", path, headers: &[] };
-    assert_eq!(backend(&mut t, &call("/pkg.Greeter/SayHello")), Some("method"));
-    assert_eq!(backend(&mut t, &call("/pkg.Greeter/SayBye")), Some("service"));
-    assert_eq!(backend(&mut t, &call("/other.Svc/SayHello")), Some("any-service"));
+    let mut t = GrpcRouteTable::new(vec![route(
+        "g",
+        0,
+        vec![
+            rule(vec![GrpcMatch::new(Some("pkg.Greeter"), None)], "service"),
+            rule(
+                vec![GrpcMatch::new(Some("pkg.Greeter"), Some("SayHello"))],
+                "method",
+            ),
+            rule(vec![GrpcMatch::new(None, Some("SayHello"))], "any-service"),
+            rule(vec![GrpcMatch::default()], "all"),
+        ],
+    )]);
+    let call = |path| Head {
+        method: "POST",
+        path,
+        headers: &[],
+    };
+    assert_eq!(
+        backend(&mut t, &call("/pkg.Greeter/SayHello")),
+        Some("method")
+    );
+    assert_eq!(
+        backend(&mut t, &call("/pkg.Greeter/SayBye")),
+        Some("service")
+    );
+    assert_eq!(
+        backend(&mut t, &call("/other.Svc/SayHello")),
+        Some("any-service")
+    );
     assert_eq!(backend(&mut t, &call("/other.Svc/Other")), Some("all"));
 }
 
@@ -111,15 +189,23 @@ fn grpc_precedence_prefers_service_and_method_over_service() {
 fn split_weights_change_at_run_time_and_each_rule_keeps_its_policy() {
     let mut r = rule(vec![HttpMatch::default()], "stable");
     r.backends = Split::new([("stable", 100), ("canary", 0)]);
-    r.timeouts = Timeouts { request: Some(crate::time::Duration::from_secs(3)), per_try: None };
+    r.timeouts = Timeouts {
+        request: Some(crate::time::Duration::from_secs(3)),
+        per_try: None,
+    };
     let mut t = HttpRouteTable::new(vec![route("r", 0, vec![r])]);
     let id = t.lookup(&get("/")).unwrap();
     assert!((0..100).all(|_| backend(&mut t, &get("/")) == Some("stable")));
     t.rule_mut(id).unwrap().backends.set_weight(1, 100);
-    let canary = (0..100).filter(|_| backend(&mut t, &get("/")) == Some("canary")).count();
+    let canary = (0..100)
+        .filter(|_| backend(&mut t, &get("/")) == Some("canary"))
+        .count();
     assert_eq!(canary, 50);
     let s = t.select(&get("/")).unwrap();
-    assert_eq!(s.timeouts.request, Some(crate::time::Duration::from_secs(3)));
+    assert_eq!(
+        s.timeouts.request,
+        Some(crate::time::Duration::from_secs(3))
+    );
 }
 
 /// Path segments from a tiny alphabet so that prefixes collide often.
@@ -140,6 +226,9 @@ impl Arbitrary for SegPath {
         SegPath(s)
     }
 }
+
+/// Brute-force order of a match: precedence, route age, name, rule index.
+type TieBreak = (Reverse<Precedence>, u64, String, usize);
 
 quickcheck! {
     /// A prefix match holds exactly when the path's `/`-separated segments
@@ -173,7 +262,7 @@ quickcheck! {
         }
         let headers: &[(&str, &str)] = if hdr { &[("x-0", "1"), ("X-1", "1")] } else { &[] };
         let head = Head { method: if post { "POST" } else { "GET" }, path: &req.0, headers };
-        let mut best: Option<((Reverse<Precedence>, u64, String, usize), RuleId)> = None;
+        let mut best: Option<(TieBreak, RuleId)> = None;
         for (ri, r) in routes.iter().enumerate() {
             for (ui, rule) in r.rules.iter().enumerate() {
                 for m in &rule.matches {
