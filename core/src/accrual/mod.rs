@@ -124,14 +124,17 @@ pub struct Accrual {
     ejections: u32,
     /// When the endpoint last recovered, to forget old ejections.
     recovered_at: Option<Instant>,
-    window: Option<SuccessWindow>,
+    /// Boxed: most endpoints use consecutive-failure mode, and the balancer
+    /// keeps one `Accrual` per endpoint, so an inline window would triple
+    /// the size of every endpoint slot (and the cache misses of a pick).
+    window: Option<Box<SuccessWindow>>,
 }
 
 impl Accrual {
     /// A ready endpoint with no history.
     pub fn new(config: AccrualConfig) -> Self {
         let window = match config.mode {
-            AccrualMode::SuccessRate { window, .. } => Some(SuccessWindow::new(window)),
+            AccrualMode::SuccessRate { window, .. } => Some(Box::new(SuccessWindow::new(window))),
             AccrualMode::ConsecutiveFailures(_) => None,
         };
         Accrual {
