@@ -23,6 +23,16 @@
 //! - [`detect`]: which protocol the first bytes of a connection speak.
 //! - [`identity`]: SPIFFE workload identities, their TLS server-name
 //!   encoding, and (with `tls`) reading them out of certificates.
+//! - [`route`]: which route a request matches (Gateway API HTTPRoute and
+//!   GRPCRoute semantics) and which backend of its weighted split it takes.
+//! - [`balance`]: which endpoint of a backend gets the request (power of two
+//!   choices over peak-EWMA, on an endpoint set that changes under traffic).
+//! - [`accrual`]: when an endpoint is failing enough to be ejected, and when
+//!   it is tried again.
+//! - [`retry`]: whether a failed attempt is retried (policy, budget,
+//!   backoff) and how long each attempt and the whole request may take.
+//! - [`backoff`]: exponential backoff with jitter, shared by accrual and
+//!   retries.
 //! - [`time`]: the core's notion of time (a number, not a clock).
 //! - `tls` (feature `tls`, on by default): the sans-IO mutual-TLS handshake
 //!   driver over rustls, credentials from PEM, and their rotation.
@@ -33,9 +43,14 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod accrual;
 pub mod authz;
+pub mod backoff;
+pub mod balance;
 pub mod detect;
 pub mod identity;
+pub mod retry;
+pub mod route;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -1,0 +1,86 @@
+//! Peak-EWMA: a latency estimate that believes bad news at once and good
+//! news slowly.
+//!
+//! After Finagle's `PeakEwma` and tower's `peak_ewma`. An observed RTT above
+//! the current estimate *replaces* it (the peak), so one slow response
+//! steers traffic away immediately. An RTT below the estimate is folded in
+//! with an exponential weight `exp(-Δt / decay)`, so the estimate comes down
+//! over about `decay` of good responses. And with no observations at all the
+//! estimate decays towards zero: an endpoint penalised for one slow response
+//! and then starved of traffic must eventually look cheap again, or the
+//! balancer would never learn that it recovered.
+//!
+//! Reading is pure (the decayed value is computed, not stored), so asking an
+//! endpoint's cost twice at the same `now` gives the same answer.
+
+use crate::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeakEwma {
+    /// The estimate at `stamp`, in nanoseconds.
+    rtt_ns: f64,
+    stamp: Instant,
+}
+
+impl PeakEwma {
+    pub(crate) fn new(now: Instant, initial: Duration) -> Self {
+        PeakEwma {
+            rtt_ns: initial.as_nanos() as f64,
+            stamp: now,
+        }
+    }
+
+    fn decay_weight(&self, now: Instant, decay_ns: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        (-elapsed / decay_ns).exp()
+    }
+
+    /// The estimate at `now`, in nanoseconds.
+    pub(crate) fn estimate(&self, now: Instant, decay_ns: f64) -> f64 {
+        self.rtt_ns * self.decay_weight(now, decay_ns)
+    }
+
+    /// Folds in one observed round-trip time.
+    pub(crate) fn observe(&mut self, now: Instant, rtt: Duration, decay_ns: f64) {
+        let rtt = rtt.as_nanos() as f64;
+        let w = self.decay_weight(now, decay_ns);
+        let current = self.rtt_ns * w;
+        self.rtt_ns = if rtt >= current {
+            rtt
+        } else {
+            current * w + rtt * (1.0 - w)
+        };
+        // Never move the stamp backwards: an out-of-order completion must
+        // not undo decay already applied.
+        self.stamp = self.stamp.max(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECAY: f64 = 10e9;
+
+    #[test]
+    fn a_slow_response_raises_the_estimate_at_once_and_it_decays_after() {
+        let mut e = PeakEwma::new(Instant::ZERO, Duration::from_millis(30));
+        e.observe(Instant::from_millis(10), Duration::from_millis(500), DECAY);
+        assert_eq!(e.estimate(Instant::from_millis(10), DECAY), 500e6);
+        // Fast responses pull it down, gradually.
+        let mut now = Instant::from_millis(10);
+        for _ in 0..100 {
+            now += Duration::from_millis(100);
+            e.observe(now, Duration::from_millis(10), DECAY);
+        }
+        let after = e.estimate(now, DECAY);
+        assert!(after < 250e6 && after > 10e6, "{after}");
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_towards_zero() {
+        let e = PeakEwma::new(Instant::ZERO, Duration::from_secs(1));
+        assert!(e.estimate(Instant::from_secs(10), DECAY) < 0.4e9);
+        assert!(e.estimate(Instant::from_secs(100), DECAY) < 1e6);
+    }
+}

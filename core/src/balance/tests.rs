@@ -1,0 +1,199 @@
+use super::*;
+use quickcheck::{Arbitrary, Gen, quickcheck};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+fn rng() -> SmallRng {
+    SmallRng::seed_from_u64(0x5eed)
+}
+
+#[test]
+fn empty_and_zero_weight_sets_report_no_endpoints() {
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    assert_eq!(
+        b.pick(Instant::ZERO, &mut rng()),
+        Err(PickError::NoEndpoints)
+    );
+    b.insert(Instant::ZERO, 1, 0);
+    assert_eq!(
+        b.pick(Instant::ZERO, &mut rng()),
+        Err(PickError::NoEndpoints)
+    );
+}
+
+#[test]
+fn all_ejected_is_reported_with_the_next_probation() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    b.insert(Instant::ZERO, 1, 1);
+    for _ in 0..7 {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        b.complete(Instant::ZERO, d, Completion::Failure, &mut r);
+    }
+    let Err(PickError::AllEjected {
+        next_probation: Some(at),
+    }) = b.pick(Instant::ZERO, &mut r)
+    else {
+        panic!("expected AllEjected");
+    };
+    assert_eq!(b.poll_timeout(), Some(at));
+    let probe = b.pick(at, &mut r).unwrap();
+    assert!(probe.is_probe());
+    assert_eq!(
+        b.pick(at, &mut r),
+        Err(PickError::AllEjected {
+            next_probation: None
+        }),
+        "only the probe goes to an endpoint in probation"
+    );
+    assert_eq!(
+        b.complete(at, probe, Completion::Success, &mut r),
+        Some(Transition::Recovered)
+    );
+    assert!(b.pick(at, &mut r).is_ok());
+}
+
+#[test]
+fn completing_a_request_on_a_removed_endpoint_is_harmless() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let a = b.insert(Instant::ZERO, 1, 1);
+    let d = b.pick(Instant::ZERO, &mut r).unwrap();
+    assert_eq!(b.remove(a), Some(1));
+    // The slot is reused by a new endpoint; the old dispatch must not touch it.
+    let c = b.insert(Instant::ZERO, 2, 1);
+    assert_ne!(a, c);
+    assert_eq!(
+        b.complete(Instant::from_secs(1), d, Completion::Failure, &mut r),
+        None
+    );
+    assert_eq!(b.pending(c), Some(0));
+    assert_eq!(b.remove(a), None, "a stale id resolves to nothing");
+}
+
+#[test]
+fn the_cheaper_of_two_wins() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let slow = b.insert(Instant::ZERO, 1, 1);
+    let fast = b.insert(Instant::ZERO, 2, 1);
+    // Teach the balancer that `slow` takes 1 s.
+    loop {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        let was_slow = d.endpoint() == slow;
+        let done = if was_slow {
+            Instant::from_secs(1)
+        } else {
+            Instant::ZERO
+        };
+        b.complete(done, d, Completion::Success, &mut r);
+        if was_slow {
+            break;
+        }
+    }
+    let now = Instant::from_secs(1);
+    for _ in 0..10 {
+        let d = b.pick(now, &mut r).unwrap();
+        assert_eq!(d.endpoint(), fast);
+        b.complete(now, d, Completion::Success, &mut r);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u8, u8),
+    Remove(u8),
+    SetWeight(u8, u8),
+    Pick,
+    Complete(u8, u8),
+    Advance(u16),
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let key = u8::arbitrary(g) % 8;
+        match u8::arbitrary(g) % 10 {
+            0 => Op::Insert(key, u8::arbitrary(g) % 4),
+            1 => Op::Remove(key),
+            2 => Op::SetWeight(key, u8::arbitrary(g) % 4),
+            3..=5 => Op::Pick,
+            6..=8 => Op::Complete(u8::arbitrary(g), u8::arbitrary(g)),
+            _ => Op::Advance(u16::arbitrary(g)),
+        }
+    }
+}
+
+quickcheck! {
+    /// Under any interleaving of discovery updates, picks, completions and
+    /// time: a pick only returns a live endpoint with a non-zero weight that
+    /// accrual has not ejected; errors are returned exactly when nothing is
+    /// pickable and say which case holds; pending counts equal the dispatches
+    /// outstanding; stale completions change nothing.
+    fn prop_balancer_never_picks_removed_zero_weight_or_ejected(ops: Vec<Op>, seed: u64) -> bool {
+        let mut r = SmallRng::seed_from_u64(seed);
+        let mut b: Balancer<u8> = Balancer::new(BalanceConfig {
+            accrual: AccrualConfig {
+                mode: crate::accrual::AccrualMode::ConsecutiveFailures(2),
+                ..AccrualConfig::default()
+            },
+            ..BalanceConfig::default()
+        });
+        let mut model: BTreeMap<u8, u32> = BTreeMap::new();
+        let mut outstanding: Vec<Dispatch> = Vec::new();
+        let mut now = Instant::ZERO;
+        for op in ops {
+            match op {
+                Op::Insert(k, w) => { b.insert(now, k, u32::from(w)); model.insert(k, u32::from(w)); }
+                Op::Remove(k) => { b.remove_key(&k); model.remove(&k); }
+                Op::SetWeight(k, w) => {
+                    if let Some(id) = b.id_of(&k) {
+                        b.set_weight(id, u32::from(w));
+                        model.insert(k, u32::from(w));
+                    }
+                }
+                Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
+                Op::Pick => {
+                    b.handle_timeout(now);
+                    let pickable = model.iter().filter(|&(k, w)| *w > 0 && {
+                        let id = b.id_of(k).unwrap();
+                        matches!(b.health(id), Some(Health::Ready | Health::Probation))
+                    }).count();
+                    match b.pick(now, &mut r) {
+                        Ok(d) => {
+                            let Some(&k) = b.key(d.endpoint()) else { return false };
+                            if model.get(&k).copied().unwrap_or(0) == 0 { return false; }
+                            if !matches!(b.health(d.endpoint()), Some(Health::Ready | Health::Probing)) { return false; }
+                            if pickable == 0 { return false; }
+                            outstanding.push(d);
+                        }
+                        Err(PickError::NoEndpoints) => if model.values().any(|w| *w > 0) { return false },
+                        Err(PickError::AllEjected { .. }) => if pickable != 0 || model.values().all(|w| *w == 0) { return false },
+                    }
+                }
+                Op::Complete(i, kind) => {
+                    if outstanding.is_empty() { continue; }
+                    let d = outstanding.swap_remove(usize::from(i) % outstanding.len());
+                    let live = b.key(d.endpoint()).is_some();
+                    let completion = match kind % 3 { 0 => Completion::Success, 1 => Completion::Failure, _ => Completion::Cancelled };
+                    let t = b.complete(now, d, completion, &mut r);
+                    if !live && t.is_some() { return false; }
+                }
+            }
+            if b.len() != model.len() { return false; }
+            for k in model.keys() {
+                let id = b.id_of(k).unwrap();
+                let expect = outstanding.iter().filter(|d| d.endpoint() == id).count();
+                if b.pending(id) != Some(expect as u32) { return false; }
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn endpoint_slots_stay_small() {
+    // A pick touches two random slots; at 100,000 endpoints their size is
+    // what the pick's cost depends on (cache misses).
+    let size = std::mem::size_of::<Slot<u64>>();
+    assert!(size <= 192, "slot is {size} bytes");
+}
