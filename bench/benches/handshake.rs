@@ -9,8 +9,6 @@
 #[path = "../../core/tests/common/pki.rs"]
 mod pki;
 
-use std::sync::Arc;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use needle_core::identity::SpiffeId;
 use needle_core::time::Instant;
@@ -19,18 +17,6 @@ use pki::{Ca, T0, unix};
 
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
-
-fn creds(ca: &Ca, id: &str) -> Credentials {
-    let leaf = ca.leaf(id);
-    Credentials::from_pem(
-        Arc::new(rustls::crypto::ring::default_provider()),
-        leaf.chain_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ca.pem.as_bytes(),
-        unix(T0),
-    )
-    .unwrap()
-}
 
 /// Runs one handshake to completion; returns the bytes exchanged.
 fn handshake(client_creds: &Credentials, server_creds: &Credentials, target: &SpiffeId) -> usize {
@@ -74,8 +60,8 @@ fn handshake(client_creds: &Credentials, server_creds: &Credentials, target: &Sp
 
 fn bench(c: &mut Criterion) {
     let ca = Ca::new("bench ca");
-    let web = creds(&ca, WEB);
-    let db = creds(&ca, DB);
+    let web = ca.credentials(WEB);
+    let db = ca.credentials(DB);
     let target = SpiffeId::parse(WEB).unwrap();
     let bytes = handshake(&db, &web, &target);
     eprintln!("one handshake exchanges {bytes} bytes (ECDSA P-256 leaves, TLS 1.3)");

@@ -20,18 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
 
-fn creds(ca: &Ca, id: &str) -> Credentials {
-    let leaf = ca.leaf(id);
-    Credentials::from_pem(
-        Arc::new(rustls::crypto::ring::default_provider()),
-        leaf.chain_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ca.pem.as_bytes(),
-        unix(T0),
-    )
-    .unwrap()
-}
-
 /// The test certificates are valid around `T0`; the wall clock is pinned
 /// there, the monotonic one counts from the connection's start.
 fn now(start: tokio::time::Instant) -> Now {
@@ -82,8 +70,8 @@ async fn serve(mut tcp: TcpStream, creds: Credentials) -> (Option<SpiffeId>, Vec
 #[tokio::test]
 async fn tokio_rustls_client_handshakes_with_the_core_server_over_loopback() {
     let ca = Ca::new("mesh ca");
-    let web = creds(&ca, WEB);
-    let db = creds(&ca, DB);
+    let web = ca.credentials(WEB);
+    let db = ca.credentials(DB);
     let web_id = SpiffeId::parse(WEB).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -74,6 +74,20 @@ impl Ca {
         self.leaf_valid(spiffe_id, T0 - DAY, T0 + DAY)
     }
 
+    /// Loaded credentials (ring provider, checked at [`T0`]) for a fresh
+    /// workload certificate naming `spiffe_id`, trusting this CA alone.
+    pub fn credentials(&self, spiffe_id: &str) -> needle_core::tls::Credentials {
+        let leaf = self.leaf(spiffe_id);
+        needle_core::tls::Credentials::from_pem(
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+            leaf.chain_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            self.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap()
+    }
+
     pub fn leaf_with_sans(&self, sans: Vec<SanType>, not_before: u64, not_after: u64) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
