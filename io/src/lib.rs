@@ -7,8 +7,17 @@
 //!
 //! - [`net`]: the seam (bind, accept, connect, peek, addresses, original
 //!   destination) with tokio and turmoil implementations.
+//! - [`clock`]: the core's time read from tokio's (virtual under turmoil).
+//! - [`detect`]: drives the core detector over a socket, dialling ahead so
+//!   server-speaks-first protocols never stall.
+//! - [`opaque`]: forwards opaque TCP with half-close, idle timeout, counts.
+//! - [`proxy`]: a port's accept loop and one connection's life.
 //! - [`prefixed`]: a stream with the bytes detection read put back in front.
 
+pub mod clock;
+pub mod detect;
 pub mod net;
+pub mod opaque;
 mod original_dst;
 pub mod prefixed;
+pub mod proxy;

@@ -35,9 +35,13 @@
 //!   announcing a length that cannot fit is opaque at once.
 //! - **Deadline.** If no decision is reached by [`Config::timeout`] after the
 //!   detector was created, the connection is opaque: a client that stays
-//!   silent (because its protocol has the server speak first) is never
-//!   stalled forever. The io layer calls [`Detector::handle_timeout`] at the
-//!   instant [`Detector::poll_timeout`] names.
+//!   silent is never stalled forever. The io layer calls
+//!   [`Detector::handle_timeout`] at the instant [`Detector::poll_timeout`]
+//!   names.
+//! - **Server speaks first.** When the destination is known, the io layer
+//!   dials it while detecting; if the server sends bytes before the client
+//!   proved anything ([`Detector::handle_server_bytes`]), the connection is
+//!   opaque at once, so MySQL, SMTP and friends see no stall.
 //! - **No panics, no per-byte allocation.** The buffer grows geometrically up
 //!   to the bound; a decision allocates once for what it reports.
 
@@ -136,6 +140,9 @@ pub enum OpaqueReason {
     Timeout,
     /// The client closed its side before anything was proven.
     ClientClosed,
+    /// The server spoke before the client had proven anything: a
+    /// server-speaks-first protocol (MySQL, SMTP, NATS, ...), forwarded as is.
+    ServerFirst,
 }
 
 /// Why each recognizer rejected the bytes, for logs and metrics.
@@ -235,6 +242,14 @@ impl Detector {
     pub fn handle_eof(&mut self, now: Instant) {
         self.handle_timeout(now);
         self.decide(Protocol::Opaque(OpaqueReason::ClientClosed));
+    }
+
+    /// The destination, dialled while detecting, sent bytes before the client
+    /// proved a protocol: it is a server-speaks-first protocol, so whatever is
+    /// undecided is opaque at once rather than at the deadline.
+    pub fn handle_server_bytes(&mut self, now: Instant) {
+        self.handle_timeout(now);
+        self.decide(Protocol::Opaque(OpaqueReason::ServerFirst));
     }
 
     /// Tells the detector the time; past the deadline it decides opaque.

@@ -389,6 +389,29 @@ fn bytes_that_arrive_with_the_deadline_are_judged_first() {
 }
 
 #[test]
+fn a_server_speaking_first_makes_an_undecided_connection_opaque_at_once() {
+    let mut d = Detector::new(Config::default(), T0);
+    d.handle_server_bytes(Instant::from_millis(3));
+    assert_eq!(
+        d.poll(),
+        Detection::Decided(Protocol::Opaque(OpaqueReason::ServerFirst))
+    );
+    // A decision already made stands.
+    let mut d = Detector::new(Config::default(), T0);
+    d.handle_bytes(T0, h2::PREFACE);
+    d.handle_server_bytes(T0);
+    assert_eq!(d.poll(), Detection::Decided(Protocol::Http2));
+    // Partial client bytes do not hold it up.
+    let mut d = Detector::new(Config::default(), T0);
+    d.handle_bytes(T0, b"GE");
+    d.handle_server_bytes(T0);
+    assert_eq!(
+        d.poll(),
+        Detection::Decided(Protocol::Opaque(OpaqueReason::ServerFirst))
+    );
+}
+
+#[test]
 fn eof_before_a_decision_is_opaque() {
     assert_eq!(detect(b""), Protocol::Opaque(OpaqueReason::ClientClosed));
     assert_eq!(

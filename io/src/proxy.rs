@@ -1,0 +1,190 @@
+//! The accept loop: one connection's life from accept to close.
+//!
+//! 1. Learn where the client meant to go: the original destination of a
+//!    redirected connection (`SO_ORIGINAL_DST`), else the port's configured
+//!    target.
+//! 2. Detect the protocol (the core decides; [`crate::detect`] drives it and
+//!    keeps server-speaks-first protocols from stalling).
+//! 3. Hand the connection, with the detected bytes put back in front, to
+//!    the handler for its protocol.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use needle_core::detect::Protocol;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::detect::{DetectSettings, Detected, detect};
+use crate::net::{Connection, Listener, Network};
+use crate::opaque::{self, ForwardError, Transferred};
+use crate::prefixed::Prefixed;
+
+/// How a proxy port behaves.
+#[derive(Debug, Clone)]
+pub struct PortConfig {
+    /// Detection bounds and the server-first dial delay.
+    pub detect: DetectSettings,
+    /// Where connections go when they were not redirected (no
+    /// `SO_ORIGINAL_DST`); without one such connections are closed.
+    pub target: Option<SocketAddr>,
+    /// How long dialling the destination may take.
+    pub connect_timeout: Duration,
+    /// How long an opaque connection may carry nothing before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            detect: DetectSettings::default(),
+            target: None,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a connection ended without being served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// Neither `SO_ORIGINAL_DST` nor a configured target says where to go.
+    #[error("no destination: the connection was not redirected and the port has no target")]
+    NoDestination,
+    /// Reading the client during detection failed.
+    #[error("reading the client during detection: {0}")]
+    Detect(io::Error),
+    /// The destination could not be reached.
+    #[error("connecting to {dst}: {source}")]
+    Connect {
+        /// The destination.
+        dst: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// Dialling the destination took longer than the connect timeout.
+    #[error("connecting to {dst} timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The destination.
+        dst: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Forwarding ended with an error.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+/// How a served connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// What detection decided.
+    pub protocol: Protocol,
+    /// Where it went.
+    pub dst: SocketAddr,
+    /// Bytes moved.
+    pub transferred: Transferred,
+}
+
+/// A proxy port: accepts connections and serves each on its own task.
+#[derive(Debug)]
+pub struct Port<N: Network> {
+    network: N,
+    config: PortConfig,
+    clock: Clock,
+}
+
+impl<N: Network> Port<N> {
+    /// A port that dials through `network`.
+    pub fn new(network: N, config: PortConfig) -> Arc<Self> {
+        Arc::new(Port {
+            network,
+            config,
+            clock: Clock::start(),
+        })
+    }
+
+    /// Accepts connections from `listener` until `shutdown` completes.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: N::Listener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((conn, peer)) => {
+                        let port = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            match port.serve(conn).await {
+                                Ok(served) => debug!(%peer, dst = %served.dst, protocol = ?served.protocol,
+                                    up = served.transferred.client_to_server,
+                                    down = served.transferred.server_to_client, "connection closed"),
+                                Err(error) => info!(%peer, %error, "connection failed"),
+                            }
+                        });
+                    }
+                    // Running out of descriptors or a reset before accept:
+                    // log, pause briefly so a persistent error cannot spin.
+                    Err(error) => {
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Serves one accepted connection to its end.
+    pub async fn serve(&self, mut conn: N::Stream) -> Result<Served, ConnectionError> {
+        // A proxy forwards what it has at once; failing to set it is harmless.
+        let _ = conn.set_nodelay(true);
+        let dst = match conn.original_dst() {
+            Ok(Some(dst)) => Some(dst),
+            _ => self.config.target,
+        };
+        let Detected {
+            protocol,
+            buffered,
+            upstream,
+        } = detect(
+            &self.network,
+            &mut conn,
+            dst,
+            &self.config.detect,
+            &self.clock,
+        )
+        .await
+        .map_err(ConnectionError::Detect)?;
+        let dst = dst.ok_or(ConnectionError::NoDestination)?;
+        debug!(%dst, ?protocol, "detected");
+        let upstream = match upstream {
+            Some(upstream) => upstream,
+            None => self.connect(dst).await?,
+        };
+        let client = Prefixed::new(buffered, conn);
+        let transferred = opaque::forward(client, upstream, self.config.idle_timeout).await?;
+        Ok(Served {
+            protocol,
+            dst,
+            transferred,
+        })
+    }
+
+    async fn connect(&self, dst: SocketAddr) -> Result<N::Stream, ConnectionError> {
+        let timeout = self.config.connect_timeout;
+        match tokio::time::timeout(timeout, self.network.connect(dst)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.set_nodelay(true);
+                Ok(conn)
+            }
+            Ok(Err(source)) => Err(ConnectionError::Connect { dst, source }),
+            Err(_) => Err(ConnectionError::ConnectTimeout { dst, timeout }),
+        }
+    }
+}
