@@ -67,7 +67,7 @@ fn server_first_world(seed: u64) -> Vec<String> {
 
     let timeline = Arc::clone(&trace);
     sim.client("client", async move {
-        let mut log = |event: String| timeline.lock().unwrap().push(event);
+        let log = |event: String| timeline.lock().unwrap().push(event);
         let started = tokio::time::Instant::now();
         let mut conn = turmoil::net::TcpStream::connect(("proxy", OUTBOUND)).await?;
         log(format!("{:?} connected", started.elapsed()));
@@ -90,8 +90,7 @@ fn server_first_world(seed: u64) -> Vec<String> {
     });
 
     sim.run().expect("simulation ends cleanly");
-    let trace = trace.lock().unwrap().clone();
-    trace
+    trace.lock().unwrap().clone()
 }
 
 fn seed() -> u64 {
