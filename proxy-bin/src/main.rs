@@ -1,52 +1,60 @@
 //! The `needle` binary.
 //!
-//! Provisional: until the data plane and sidecar work land, `needle` runs a
-//! detection listener. It accepts connections (by default on the outbound
-//! port, 127.0.0.1:4140), detects each one's protocol with the core detector
-//! exactly as the proxy will, logs what it found, and closes the connection.
-//! It is the smallest honest thing the binary can do today, and it exercises
-//! the detector against whatever real clients you point at it.
+//! Provisional until the sidecar work lands: `needle` runs one proxy port
+//! (by default the outbound port, 127.0.0.1:4140). Each connection's
+//! destination is its original destination when iptables redirected it
+//! (`SO_ORIGINAL_DST`), else `--target`; its protocol is detected by the
+//! core (server-speaks-first protocols are not stalled) and its bytes are
+//! forwarded. HTTP-aware proxying, mTLS, discovery and the admin server
+//! arrive with the data-plane, mesh and sidecar work.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use needle_core::detect::{self, Detector, Protocol};
-use needle_core::time::Instant;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use needle_core::detect;
+use needle_io::detect::DetectSettings;
+use needle_io::net::{Network, TokioNet};
+use needle_io::proxy::{Port, PortConfig};
+use tracing::info;
 
-/// Needle, a service-mesh sidecar proxy (provisional: a protocol-detection listener).
+/// Needle, a service-mesh sidecar proxy (provisional: one detecting TCP proxy port).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
     /// Address to accept connections on.
     #[arg(long, env = "NEEDLE_LISTEN_ADDR", default_value = "127.0.0.1:4140")]
     listen: SocketAddr,
+    /// Where connections go when they were not redirected by iptables.
+    #[arg(long, env = "NEEDLE_TARGET")]
+    target: Option<SocketAddr>,
     /// Most bytes read before deciding a connection is opaque.
     #[arg(long, env = "NEEDLE_DETECT_PEEK_LIMIT", default_value_t = detect::Config::default().peek_limit)]
     detect_peek_limit: usize,
     /// How long a client may take to show its protocol (e.g. "5s", "500ms").
     #[arg(long, env = "NEEDLE_DETECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     detect_timeout: Duration,
-    /// Log filter, in RUST_LOG syntax.
+    /// How long an opaque connection may stay silent before it is closed.
+    #[arg(long, env = "NEEDLE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Log filter, in RUST_LOG syntax (e.g. "info", "needle_io=debug").
     #[arg(long, env = "NEEDLE_LOG", default_value = "info")]
     log: String,
 }
 
-/// Parses "250ms", "5s" or "2m".
+/// Parses "250ms", "5s", "2m" or "1h".
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 2m or 1h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has unit {unit:?}; expected ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has unit {unit:?}; expected ms, s, m or h")),
     }
 }
 
@@ -65,15 +73,24 @@ async fn main() -> std::process::ExitCode {
     };
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    let config = detect::Config {
+    let detect = detect::Config {
         peek_limit: args.detect_peek_limit,
         timeout: args.detect_timeout,
     };
-    if let Err(e) = config.validate() {
-        eprintln!("needle: invalid detection setting: {e}");
+    if let Err(e) = detect.validate() {
+        eprintln!("needle: invalid detection setting (NEEDLE_DETECT_*): {e}");
         return std::process::ExitCode::from(2);
     }
-    let listener = match TcpListener::bind(args.listen).await {
+    let config = PortConfig {
+        detect: DetectSettings {
+            detect,
+            ..DetectSettings::default()
+        },
+        target: args.target,
+        idle_timeout: args.idle_timeout,
+        ..PortConfig::default()
+    };
+    let listener = match TokioNet.bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!(
@@ -83,51 +100,18 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    info!(addr = %args.listen, "needle (provisional) detecting protocols; Ctrl-C stops");
-    let clock = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((conn, peer)) => {
-                    tokio::spawn(async move {
-                        let protocol = detect_connection(conn, config, clock).await;
-                        info!(%peer, ?protocol, "detected");
-                    });
-                }
-                Err(e) => warn!(error = %e, "accept failed"),
-            },
-            _ = tokio::signal::ctrl_c() => {
-                info!("stopping");
-                return std::process::ExitCode::SUCCESS;
-            }
+    match args.target {
+        Some(target) => {
+            info!(listen = %args.listen, %target, "needle (provisional) proxying; Ctrl-C stops")
+        }
+        None => {
+            info!(listen = %args.listen, "needle (provisional) proxying redirected connections; Ctrl-C stops")
         }
     }
-}
-
-/// Reads from `conn` until the detector decides (or its deadline passes).
-async fn detect_connection(
-    mut conn: TcpStream,
-    config: detect::Config,
-    clock: tokio::time::Instant,
-) -> Protocol {
-    let now = || Instant::from_duration(clock.elapsed());
-    let mut detector = Detector::new(config, now());
-    let mut buf = vec![0; 4096];
-    while detector.protocol().is_none() {
-        let deadline = detector.poll_timeout().unwrap_or(Instant::MAX);
-        let sleep_for = deadline.saturating_duration_since(now());
-        tokio::select! {
-            read = conn.read(&mut buf) => match read {
-                Ok(0) | Err(_) => detector.handle_eof(now()),
-                Ok(n) => {
-                    detector.handle_bytes(now(), &buf[..n]);
-                }
-            },
-            _ = tokio::time::sleep(sleep_for) => detector.handle_timeout(now()),
-        }
-    }
-    detector
-        .into_parts()
-        .0
-        .unwrap_or(Protocol::Opaque(detect::OpaqueReason::ClientClosed))
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("stopping");
+    };
+    Port::new(TokioNet, config).run(listener, shutdown).await;
+    std::process::ExitCode::SUCCESS
 }
