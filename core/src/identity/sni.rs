@@ -77,8 +77,13 @@ pub fn server_name(id: &SpiffeId) -> Result<String, SniError> {
 /// Returns `None` for a name that is not in Needle's scheme at all (an
 /// application's hostname), and the parse error for one that has the marker
 /// but whose parts are not a valid identity. DNS names compare without
-/// regard to case, so the name is lowercased first.
+/// regard to case, so the name is lowercased first. A name longer than a
+/// DNS name may be is no server name at all ([`server_name`] never makes
+/// one), so it is `None`, which keeps `parse` the exact inverse.
 pub fn parse(name: &str) -> Option<Result<SpiffeId, SpiffeIdError>> {
+    if name.len() > MAX_DNS_NAME_LEN {
+        return None;
+    }
     let name = name.to_ascii_lowercase();
     let labels: Vec<&str> = name.split('.').collect();
     match labels.as_slice() {
@@ -165,6 +170,22 @@ mod tests {
         assert_eq!(classify(None, &web), SniTarget::Application);
         assert!(is_local("web.default.sa.needle.cluster.local", &web));
         assert!(!is_local("web.default.sa.needle.other.domain", &web));
+    }
+
+    /// Found by the `spiffe_id` fuzz target: a 273-byte name in the scheme
+    /// used to parse although `server_name` can never produce it.
+    #[test]
+    fn names_longer_than_dns_allows_are_not_in_the_scheme() {
+        let long_td = [
+            "a".repeat(60),
+            "b".repeat(60),
+            "c".repeat(60),
+            "d".repeat(60),
+        ]
+        .join(".");
+        let name = format!("web.default.sa.needle.{long_td}");
+        assert!(name.len() > 253);
+        assert_eq!(parse(&name), None);
     }
 
     #[test]
