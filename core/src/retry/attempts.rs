@@ -53,7 +53,10 @@ pub enum Finish {
     /// The retry budget is spent: retrying now would add more load than the
     /// budget allows.
     BudgetExhausted,
-    /// A retry could not finish before the request's deadline.
+    /// A retry could not finish before the request's deadline: either when
+    /// it was decided (at the planned end of its backoff), or when the
+    /// backoff's wake came late and the retry no longer fitted at the
+    /// actual start time.
     DeadlineTooClose,
     /// The request's deadline passed during an attempt.
     DeadlineExceeded,
@@ -86,9 +89,12 @@ enum Phase {
 ///
 /// # The deadline rule
 ///
-/// A retry due to start at `at` (after its backoff) is started only if
-/// `at + per_try ≤ deadline` when a per-try timeout is set, or
-/// `at < deadline` otherwise. The per-try timeout is the operator's statement
+/// A retry is started at `at` only if `at + per_try ≤ deadline` when a
+/// per-try timeout is set, or `at < deadline` otherwise. This is checked
+/// twice: when the retry is decided, against the planned end of its backoff,
+/// and again with the actual `now` when [`handle_timeout`](Self::handle_timeout)
+/// ends the backoff (the caller may wake late); a retry that no longer fits
+/// then finishes with [`Finish::DeadlineTooClose`]. The per-try timeout is the operator's statement
 /// of how long a useful attempt may take; an attempt that the request
 /// deadline would cut short of it is load spent on an answer the client will
 /// likely never see, which is the wrong time to add load.
@@ -170,7 +176,9 @@ impl RetryState {
     /// Advances time. An attempt past the request deadline finishes the
     /// request ([`Finish::DeadlineExceeded`]); past its per-try timeout it
     /// counts as [`AttemptOutcome::PerTryTimeout`]; a backoff that has
-    /// elapsed starts the next attempt. Returns the new step if it changed.
+    /// elapsed starts the next attempt if it still fits before the request
+    /// deadline at `now` (else [`Finish::DeadlineTooClose`]). Returns the new
+    /// step if it changed.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
@@ -189,7 +197,13 @@ impl RetryState {
                 }
             }
             Phase::BackingOff { until } if now >= until => {
-                self.start_attempt(now);
+                // The fit was checked against the planned `until`; the wake
+                // may come later than that, so check again with `now`.
+                if self.retry_fits(now) {
+                    self.start_attempt(now);
+                } else {
+                    self.phase = Phase::Finished(Finish::DeadlineTooClose);
+                }
                 Some(self.step())
             }
             _ => None,
@@ -216,7 +230,10 @@ impl RetryState {
     }
 
     /// Checks in order of cost: the budget is only touched when everything
-    /// else says yes, so it is never spent on a retry that does not happen.
+    /// else says yes, so it is not spent on a retry the decision refuses.
+    /// A retry withdrawn here may still never be sent: the request may be
+    /// abandoned during the backoff, or a late wake may fail the deadline
+    /// re-check in [`handle_timeout`](Self::handle_timeout).
     fn decide(
         &self,
         now: Instant,
@@ -238,21 +255,24 @@ impl RetryState {
             return Err(Finish::AttemptsExhausted);
         }
         let until = now + policy.backoff.delay(self.attempts - 1, rng);
-        if let Some(deadline) = self.deadline {
-            let fits = match self.per_try {
-                Some(per_try) => until
-                    .checked_add(per_try)
-                    .is_some_and(|end| end <= deadline),
-                None => until < deadline,
-            };
-            if !fits {
-                return Err(Finish::DeadlineTooClose);
-            }
+        if !self.retry_fits(until) {
+            return Err(Finish::DeadlineTooClose);
         }
         if !budget.try_withdraw(now) {
             return Err(Finish::BudgetExhausted);
         }
         Ok(until)
+    }
+
+    /// The deadline rule: may a retry start at `at`?
+    fn retry_fits(&self, at: Instant) -> bool {
+        let Some(deadline) = self.deadline else {
+            return true;
+        };
+        match self.per_try {
+            Some(per_try) => at.checked_add(per_try).is_some_and(|end| end <= deadline),
+            None => at < deadline,
+        }
     }
 
     fn start_attempt(&mut self, now: Instant) {

@@ -239,6 +239,77 @@ fn per_try_timeout_retries_and_request_deadline_stops() {
 }
 
 #[test]
+fn a_late_wake_does_not_start_a_retry_that_no_longer_fits() {
+    let p = RetryPolicy::default();
+    let mut rng = SmallRng::seed_from_u64(1);
+    // With a per-try timeout: the retry fits at the planned `until` but not
+    // when the io layer wakes 800 ms late.
+    let t = Timeouts {
+        request: Some(Duration::from_secs(1)),
+        per_try: Some(Duration::from_millis(300)),
+    };
+    let mut budget = roomy_budget();
+    let mut s = RetryState::new(Instant::ZERO, &p, t, &get(), &mut budget);
+    let step = s
+        .on_outcome(
+            Instant::from_millis(10),
+            UNAVAILABLE,
+            &p,
+            &mut budget,
+            &mut rng,
+        )
+        .unwrap();
+    let Step::Backoff { until } = step else {
+        panic!("{step:?}")
+    };
+    assert!(until + Duration::from_millis(300) <= Instant::from_secs(1));
+    let late = until + Duration::from_millis(800);
+    assert!(late + Duration::from_millis(300) > Instant::from_secs(1));
+    assert_eq!(
+        s.handle_timeout(late, &p, &mut budget, &mut rng),
+        Some(Step::Finish(Finish::DeadlineTooClose))
+    );
+    assert_eq!(s.attempts(), 1);
+
+    // Without one: waking at (or after) the request deadline starts nothing.
+    let t = Timeouts {
+        request: Some(Duration::from_secs(1)),
+        per_try: None,
+    };
+    let mut s = RetryState::new(Instant::ZERO, &p, t, &get(), &mut budget);
+    let step = s
+        .on_outcome(
+            Instant::from_millis(10),
+            UNAVAILABLE,
+            &p,
+            &mut budget,
+            &mut rng,
+        )
+        .unwrap();
+    assert!(matches!(step, Step::Backoff { .. }));
+    assert_eq!(
+        s.handle_timeout(Instant::from_secs(1), &p, &mut budget, &mut rng),
+        Some(Step::Finish(Finish::DeadlineTooClose))
+    );
+    assert_eq!(s.attempts(), 1);
+
+    // A wake that is late but still fits starts the retry at `now`.
+    let mut s = RetryState::new(Instant::ZERO, &p, t, &get(), &mut budget);
+    s.on_outcome(
+        Instant::from_millis(10),
+        UNAVAILABLE,
+        &p,
+        &mut budget,
+        &mut rng,
+    )
+    .unwrap();
+    assert!(matches!(
+        s.handle_timeout(Instant::from_millis(999), &p, &mut budget, &mut rng),
+        Some(Step::Attempt { number: 2, deadline: Some(d) }) if d == Instant::from_secs(1)
+    ));
+}
+
+#[test]
 fn request_deadline_caps_an_attempt_without_per_try_timeout() {
     let p = RetryPolicy::default();
     let t = Timeouts {
@@ -314,8 +385,12 @@ quickcheck! {
     /// retry starts only if its full per-try timeout fits before the
     /// deadline; a non-idempotent request is sent again only after an
     /// outcome that proves it was not processed; and the request finishes.
+    /// The io layer wakes for a backoff at `until` plus a random lateness
+    /// (`wake_late_ms`, cycled; often zero), so the deadline rule is checked
+    /// at the time the retry actually starts.
     fn prop_retry_state_respects_attempts_deadlines_and_idempotency(
-        attempts: Vec<Attempt>, post: bool, max: u8, deadline_ms: u16, per_try_ms: u16, seed: u64
+        attempts: Vec<Attempt>, post: bool, max: u8, deadline_ms: u16, per_try_ms: u16, seed: u64,
+        wake_late_ms: Vec<u16>
     ) -> bool {
         let p = RetryPolicy { max_attempts: u32::from(max % 6) + 1, ..RetryPolicy::grpc() };
         let p = RetryPolicy { requests: RetryableRequests::IdempotentMethods, retry_on: RetryOn::default(), ..p };
@@ -332,11 +407,18 @@ quickcheck! {
         let mut now = start;
         let mut last = AttemptOutcome::Error;
         if attempts.is_empty() { return true; }
+        let mut lateness = wake_late_ms.iter().cycle().map(|&l| match l % 4 {
+            0 => 0,
+            _ => u64::from(l % 3000),
+        });
         for a in attempts.iter().cycle().take(64) {
             let Step::Attempt { number, deadline: Some(attempt_deadline) } = s.step() else { return false };
             if number > p.max_attempts || attempt_deadline > deadline { return false; }
             if number > 1 {
-                if let Some(pt) = t.per_try { if now + pt > deadline { return false; } }
+                match t.per_try {
+                    Some(pt) => if now + pt > deadline { return false; },
+                    None => if now >= deadline { return false; },
+                }
                 if post && !last.unprocessed() { return false; }
             }
             let answered = now + Duration::from_millis(u64::from(a.after_ms));
@@ -350,7 +432,7 @@ quickcheck! {
                 s.handle_timeout(now, &p, &mut budget, &mut rng).unwrap()
             };
             if let Step::Backoff { until } = step {
-                now = until;
+                now = until + Duration::from_millis(lateness.next().unwrap_or(0));
                 step = s.handle_timeout(now, &p, &mut budget, &mut rng).unwrap();
             }
             if let Step::Finish(_) = step {
