@@ -197,9 +197,11 @@ impl<M: RouteMatch + Default, B> RouteTable<M, B> {
     pub fn lookup<R: RequestHead + ?Sized>(&self, request: &R) -> Option<RuleId> {
         self.order.iter().find_map(|e| {
             let rule = &self.routes[e.rule.route].rules[e.rule.rule];
+            // `rule_mut` hands out the rule, so its matches may have shrunk
+            // since the table was built: a match that is gone is skipped.
             let ok = match e.matched {
                 None => true,
-                Some(i) => rule.matches[i].matches(request),
+                Some(i) => rule.matches.get(i).is_some_and(|m| m.matches(request)),
             };
             ok.then_some(e.rule)
         })
@@ -229,7 +231,9 @@ impl<M: RouteMatch + Default, B> RouteTable<M, B> {
 
     /// A rule, to change its split's weights (or timeouts, or retries) at
     /// run time. Changing matches needs a new table: the order depends on
-    /// them.
+    /// them. Matches changed here anyway are not re-sorted: lookups still
+    /// try the indices sorted when the table was built, skip those that no
+    /// longer exist (never panicking), and do not see matches added since.
     pub fn rule_mut(&mut self, id: RuleId) -> Option<&mut Rule<M, B>> {
         self.routes.get_mut(id.route)?.rules.get_mut(id.rule)
     }

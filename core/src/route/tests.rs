@@ -139,6 +139,31 @@ fn ties_go_to_the_oldest_route_then_by_name_then_to_the_first_rule() {
 }
 
 #[test]
+fn lookup_skips_matches_removed_through_rule_mut() {
+    let mut t = HttpRouteTable::new(vec![route(
+        "r",
+        0,
+        vec![
+            rule(
+                vec![
+                    HttpMatch::path(PathMatch::exact("/a")),
+                    HttpMatch::path(PathMatch::exact("/b")),
+                ],
+                "ab",
+            ),
+            rule(vec![HttpMatch::path(PathMatch::prefix("/"))], "rest"),
+        ],
+    )]);
+    let id = t.lookup(&get("/b")).unwrap();
+    assert_eq!(backend(&mut t, &get("/b")), Some("ab"));
+    t.rule_mut(id).unwrap().matches.truncate(1);
+    assert_eq!(backend(&mut t, &get("/b")), Some("rest"));
+    assert_eq!(backend(&mut t, &get("/a")), Some("ab"));
+    t.rule_mut(id).unwrap().matches.clear();
+    assert_eq!(backend(&mut t, &get("/a")), Some("rest"));
+}
+
+#[test]
 fn a_rule_without_matches_matches_everything_and_no_match_is_none() {
     let mut t = HttpRouteTable::new(vec![route("r", 0, vec![rule(vec![], "all")])]);
     assert_eq!(backend(&mut t, &get("/whatever")), Some("all"));
