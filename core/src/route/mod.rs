@@ -18,9 +18,9 @@
 //! longest prefix wins, then a match with a method, then the most header
 //! matches; for gRPC, the most characters of service, then of method, then
 //! the most headers. Ties go to the oldest route (creation timestamp), then
-//! to the route first by `namespace/name`, then to the first rule in the
-//! route. The table sorts all matches once, when built, so a lookup is a scan
-//! that stops at the first match.
+//! to the route first by the string `namespace/name` (bytewise), then to the
+//! first rule in the route. The table sorts all matches once, when built, so
+//! a lookup is a scan that stops at the first match.
 //!
 //! Each [`Rule`] carries what the rest of the request's path needs: its
 //! [`Timeouts`], its [`RetryPolicy`] and its backend [`Split`], whose weights
@@ -182,7 +182,7 @@ impl<M: RouteMatch + Default, B> RouteTable<M, B> {
             let (ra, rb) = (&routes[a.route], &routes[b.route]);
             pb.cmp(pa)
                 .then(ra.created.cmp(&rb.created))
-                .then_with(|| (&ra.namespace, &ra.name).cmp(&(&rb.namespace, &rb.name)))
+                .then_with(|| qualified(ra).cmp(qualified(rb)))
                 .then((a.route, a.rule, *ma).cmp(&(b.route, b.rule, *mb)))
         });
         let order = keyed
@@ -237,6 +237,17 @@ impl<M: RouteMatch + Default, B> RouteTable<M, B> {
     pub fn rule_mut(&mut self, id: RuleId) -> Option<&mut Rule<M, B>> {
         self.routes.get_mut(id.route)?.rules.get_mut(id.rule)
     }
+}
+
+/// The bytes of `{namespace}/{name}`, the string the Gateway API orders
+/// tied routes by (this differs from ordering by the pair: `team-b/x` sorts
+/// before `team/x`, since `-` < `/`).
+fn qualified<M, B>(route: &Route<M, B>) -> impl Iterator<Item = u8> + '_ {
+    route
+        .namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(route.name.bytes())
 }
 
 #[cfg(test)]

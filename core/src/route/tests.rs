@@ -164,6 +164,29 @@ fn lookup_skips_matches_removed_through_rule_mut() {
 }
 
 #[test]
+fn ties_compare_the_namespace_slash_name_string_not_the_pair() {
+    // "team-b/a" < "team/z" as strings ('-' < '/'), although "team" <
+    // "team-b" as namespaces.
+    let m = || vec![HttpMatch::path(PathMatch::prefix("/x"))];
+    let in_ns = |ns: &str, name: &str, b| Route {
+        namespace: ns.into(),
+        name: name.into(),
+        created: 0,
+        rules: vec![rule(m(), b)],
+    };
+    let mut t = HttpRouteTable::new(vec![
+        in_ns("team", "z", "team"),
+        in_ns("team-b", "a", "team-b"),
+    ]);
+    assert_eq!(backend(&mut t, &get("/x")), Some("team-b"));
+    let mut t = HttpRouteTable::new(vec![
+        in_ns("team-b", "a", "team-b"),
+        in_ns("team", "z", "team"),
+    ]);
+    assert_eq!(backend(&mut t, &get("/x")), Some("team-b"));
+}
+
+#[test]
 fn a_rule_without_matches_matches_everything_and_no_match_is_none() {
     let mut t = HttpRouteTable::new(vec![route("r", 0, vec![rule(vec![], "all")])]);
     assert_eq!(backend(&mut t, &get("/whatever")), Some("all"));
@@ -267,8 +290,8 @@ quickcheck! {
 
     /// The table picks, among all matching (route, rule, match) triples,
     /// the one with the highest precedence, then the oldest route, then
-    /// the route first by name, then the first rule: compared against a
-    /// brute-force search.
+    /// the route first by the string `namespace/name`, then the first rule:
+    /// compared against a brute-force search.
     fn prop_lookup_returns_the_highest_precedence_match(
         specs: Vec<(SegPath, bool, bool, u8, u8, u8)>, req: SegPath, post: bool, hdr: bool
     ) -> bool {
@@ -279,10 +302,12 @@ quickcheck! {
             if *method { m = m.with_method("POST"); }
             for h in 0..(hdrs % 3) { m = m.with_header(HeaderMatch::exact(["x-0", "x-1", "x-2"][usize::from(h)], "1")); }
             let _ = i;
-            let name = format!("r{}", route_no % 4);
-            match routes.iter_mut().find(|r: &&mut Route<HttpMatch, usize>| r.name == name) {
+            // Namespaces where the pair order and the string order differ.
+            let namespace = ["team", "team-b"][usize::from(route_no % 2)].to_owned();
+            let name = format!("r{}", (route_no / 2) % 2);
+            match routes.iter_mut().find(|r: &&mut Route<HttpMatch, usize>| r.name == name && r.namespace == namespace) {
                 Some(r) => r.rules.push(Rule { matches: vec![m], timeouts: Timeouts::default(), retry: RetryPolicy::default(), backends: Split::single(0) }),
-                None => routes.push(Route { namespace: "ns".into(), name, created: u64::from(created % 3), rules: vec![Rule { matches: vec![m], timeouts: Timeouts::default(), retry: RetryPolicy::default(), backends: Split::single(0) }] }),
+                None => routes.push(Route { namespace, name, created: u64::from(created % 3), rules: vec![Rule { matches: vec![m], timeouts: Timeouts::default(), retry: RetryPolicy::default(), backends: Split::single(0) }] }),
             }
         }
         let headers: &[(&str, &str)] = if hdr { &[("x-0", "1"), ("X-1", "1")] } else { &[] };
@@ -292,7 +317,7 @@ quickcheck! {
             for (ui, rule) in r.rules.iter().enumerate() {
                 for m in &rule.matches {
                     if m.matches(&head) {
-                        let key = (Reverse(m.precedence()), r.created, r.name.clone(), ui);
+                        let key = (Reverse(m.precedence()), r.created, format!("{}/{}", r.namespace, r.name), ui);
                         if best.as_ref().is_none_or(|(k, _)| key < *k) {
                             best = Some((key, RuleId { route: ri, rule: ui }));
                         }
