@@ -269,10 +269,20 @@ fn scenario_failing_endpoint_is_ejected_then_recovered() {
     );
     assert_eq!(while_out.len(), ejections, "{while_out:?} {log:?}");
     let share = picks[0] as f64 / picks.iter().sum::<u64>() as f64;
+    let backoffs: Vec<String> = log
+        .iter()
+        .filter_map(|&(t, tr)| match tr {
+            Transition::Ejected { until } => {
+                Some(format!("{:.1} s", (until - t).as_nanos() as f64 / 1e9))
+            }
+            _ => None,
+        })
+        .collect();
     println!(
-        "failing endpoint: ejected at {:?}, {} ejections, recovered at {recovered:?}; share over the last 30 s {:.1}%",
+        "failing endpoint: ejected at {:?}, {} ejections (backoffs {}), recovered at {recovered:?}; share over the last 30 s {:.1}%",
         first.unwrap().0,
         ejections,
+        backoffs.join(", "),
         share * 100.0
     );
     assert!(
