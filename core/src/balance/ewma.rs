@@ -44,11 +44,13 @@ impl PeakEwma {
     pub(crate) fn observe(&mut self, now: Instant, rtt: Duration, decay_ns: f64) {
         let rtt = rtt.as_nanos() as f64;
         let w = self.decay_weight(now, decay_ns);
-        let current = self.rtt_ns * w;
-        self.rtt_ns = if rtt >= current {
+        // The estimate decayed to `now`; the weight is applied once (to the
+        // stored value), as in Finagle and tower.
+        let decayed = self.rtt_ns * w;
+        self.rtt_ns = if rtt > decayed {
             rtt
         } else {
-            current * w + rtt * (1.0 - w)
+            decayed + rtt * (1.0 - w)
         };
         // Never move the stamp backwards: an out-of-order completion must
         // not undo decay already applied.
@@ -75,6 +77,23 @@ mod tests {
         }
         let after = e.estimate(now, DECAY);
         assert!(after < 250e6 && after > 10e6, "{after}");
+    }
+
+    #[test]
+    fn one_decay_interval_weighs_the_old_estimate_by_exp_minus_one_once() {
+        // 100 ms at t = 0, then a 10 ms response one decay interval later:
+        // 100 ms × e⁻¹ + 10 ms × (1 − e⁻¹) ≈ 43.1 ms (not the doubly
+        // decayed 100 ms × e⁻² + 10 ms × (1 − e⁻¹) ≈ 19.9 ms).
+        let w = (-1.0f64).exp();
+        let mut e = PeakEwma::new(Instant::ZERO, Duration::from_millis(100));
+        e.observe(Instant::from_secs(10), Duration::from_millis(10), DECAY);
+        let expect = 100e6 * w + 10e6 * (1.0 - w);
+        let got = e.estimate(Instant::from_secs(10), DECAY);
+        assert!((got - expect).abs() < 1.0, "{got} vs {expect}");
+        // A response above the decayed estimate (36.8 ms) is the new peak.
+        let mut e = PeakEwma::new(Instant::ZERO, Duration::from_millis(100));
+        e.observe(Instant::from_secs(10), Duration::from_millis(50), DECAY);
+        assert_eq!(e.estimate(Instant::from_secs(10), DECAY), 50e6);
     }
 
     #[test]
