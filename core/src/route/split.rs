@@ -8,8 +8,15 @@
 //! backends, at every `N`, not just "eventually" as with random choice. The
 //! sequence is also interleaved (weights 1:4 give `b b a b b`, not
 //! `a b b b b`), so a canary sees its share smoothly. A weight of 0 earns no
-//! credit and is never chosen. Changing a weight restarts the sequence, so
-//! shares converge to the new weights from that moment.
+//! credit and is never chosen.
+//!
+//! Changing a weight keeps the running credits (clamped to ±the new total
+//! weight), so the sequence continues instead of restarting. Restarting
+//! would starve small weights under frequent updates: at 99:1 the canary
+//! needs 100 picks to earn its turn, and zeroing credits every 50 picks
+//! would mean it never gets one. The clamp bounds what the old weights can
+//! carry over: after a change each backend's count stays within the number
+//! of backends, plus one, of its share of the picks since the change.
 
 /// A weighted choice among backends `B`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,16 +73,18 @@ impl<B> Split<B> {
         Some(&self.backends[i].backend)
     }
 
-    /// Sets the weight of the `index`th backend; restarts the sequence.
-    /// Returns `false` if there is no such backend.
+    /// Sets the weight of the `index`th backend. The running credits are
+    /// kept (clamped to ±the new total), so frequent updates do not starve
+    /// small weights. Returns `false` if there is no such backend.
     pub fn set_weight(&mut self, index: usize, weight: u32) -> bool {
         let Some(b) = self.backends.get_mut(index) else {
             return false;
         };
         b.weight = weight;
         self.total = self.backends.iter().map(|b| i64::from(b.weight)).sum();
+        let total = self.total;
         for b in &mut self.backends {
-            b.credit = 0;
+            b.credit = b.credit.clamp(-total, total);
         }
         true
     }
