@@ -42,7 +42,9 @@
 //! Arithmetic is exact: `K` is kept in millionths (the ratio is rounded
 //! *down* to parts per million and the floor `m × W` down to millionths), so
 //! the bound holds for the rounded figures without floating-point drift.
-//! Retries are not primary requests and earn no budget themselves.
+//! Retries are not primary requests and earn no budget themselves. The ratio
+//! is clamped to `[0, MAX_RATIO]` (1,000 retries per request; NaN counts as
+//! 0) and the arithmetic saturates, so no configuration can overflow it.
 //!
 //! # What the floor is for
 //!
@@ -60,10 +62,16 @@ use std::collections::VecDeque;
 /// One retry, in the budget's fixed-point unit (millionths).
 const UNIT: i128 = 1_000_000;
 
+/// The largest ratio enforced: larger ones (up to infinity) are clamped to
+/// it. A thousand retries per request is no budget at all; the cap keeps
+/// the fixed-point arithmetic far from overflow.
+pub const MAX_RATIO: f64 = 1000.0;
+
 /// Configuration of a [`RetryBudget`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BudgetConfig {
     /// Retries allowed per primary request over the window (default 0.2).
+    /// Clamped to `[0, MAX_RATIO]` (1,000); NaN counts as 0.
     pub ratio: f64,
     /// Retries allowed per second regardless of traffic (default 10), so
     /// that a low-traffic service can still retry at all.
@@ -105,10 +113,10 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// A budget with no history (the floor is available at once).
     pub fn new(config: BudgetConfig) -> Self {
-        let ratio = if config.ratio.is_finite() {
-            config.ratio.max(0.0)
-        } else {
+        let ratio = if config.ratio.is_nan() {
             0.0
+        } else {
+            config.ratio.clamp(0.0, MAX_RATIO)
         };
         let window_ns = i128::try_from(config.window.as_nanos()).unwrap_or(i128::MAX / UNIT);
         let mut past = VecDeque::new();
@@ -133,7 +141,7 @@ impl RetryBudget {
     /// of a retry for the next window.
     pub fn record_request(&mut self, now: Instant) {
         self.advance(now);
-        self.total += self.ratio_ppm;
+        self.total = self.total.saturating_add(self.ratio_ppm);
     }
 
     /// Withdraws one retry at `now` if the budget allows it, returning
@@ -148,8 +156,13 @@ impl RetryBudget {
             self.past.pop_front();
         }
         let max = self.past.front().map_or(self.total, |&(_, v)| v);
-        if self.total - UNIT - max + self.floor >= 0 {
-            self.total -= UNIT;
+        let left = self
+            .total
+            .saturating_sub(UNIT)
+            .saturating_sub(max)
+            .saturating_add(self.floor);
+        if left >= 0 {
+            self.total = self.total.saturating_sub(UNIT);
             true
         } else {
             false
@@ -183,6 +196,38 @@ mod tests {
             min_per_second: u32::from(min),
             window: Duration::from_millis(u64::from(window_ms)),
         })
+    }
+
+    #[test]
+    fn huge_ratios_are_clamped_and_cannot_overflow() {
+        for ratio in [1e300, f64::INFINITY, 1e12] {
+            let mut b = RetryBudget::new(BudgetConfig {
+                ratio,
+                min_per_second: u32::MAX,
+                window: Duration::MAX,
+            });
+            assert_eq!(b.ratio_ppm(), 1_000_000_000);
+            for i in 0..1000 {
+                b.record_request(Instant::from_millis(i));
+            }
+            assert!(b.try_withdraw(Instant::from_millis(1000)));
+        }
+        for ratio in [f64::NAN, -1.0, f64::NEG_INFINITY] {
+            let b = RetryBudget::new(BudgetConfig {
+                ratio,
+                ..BudgetConfig::default()
+            });
+            assert_eq!(b.ratio_ppm(), 0);
+        }
+        // Exactly at the cap, the ratio is honoured.
+        let mut b = RetryBudget::new(BudgetConfig {
+            ratio: MAX_RATIO,
+            min_per_second: 0,
+            window: Duration::from_secs(10),
+        });
+        b.record_request(Instant::ZERO);
+        let admitted = (0..2000).filter(|_| b.try_withdraw(Instant::ZERO)).count();
+        assert_eq!(admitted, 1000);
     }
 
     #[test]
