@@ -58,7 +58,8 @@ pub enum AccrualMode {
         /// No verdict on fewer responses than this: a rate over three
         /// requests is noise.
         min_requests: u32,
-        /// Eject below this success fraction, in `[0, 1]`.
+        /// Eject below this success fraction, in `[0, 1]`; values outside
+        /// are clamped to it (NaN counts as 0: never eject on the rate).
         min_success_rate: f64,
     },
 }
@@ -249,10 +250,15 @@ impl Accrual {
                 ..
             } => {
                 let Some(w) = &self.window else { return false };
+                // Above 1 would eject an endpoint that never failed.
+                let min_rate = if min_success_rate.is_nan() {
+                    0.0
+                } else {
+                    min_success_rate.clamp(0.0, 1.0)
+                };
                 let (s, f) = w.counts(now);
                 let total = s + f;
-                total >= u64::from(min_requests.max(1))
-                    && (s as f64) < min_success_rate * total as f64
+                total >= u64::from(min_requests.max(1)) && (s as f64) < min_rate * total as f64
             }
         }
     }
@@ -369,6 +375,44 @@ mod tests {
             }
         }
         assert!(ejected);
+    }
+
+    #[test]
+    fn success_rate_above_one_is_clamped_and_never_ejects_a_perfect_endpoint() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for min_success_rate in [1.5, f64::INFINITY, 1.0, f64::NAN] {
+            let mut a = Accrual::new(AccrualConfig {
+                mode: AccrualMode::SuccessRate {
+                    window: Duration::from_secs(10),
+                    min_requests: 5,
+                    min_success_rate,
+                },
+                ..AccrualConfig::default()
+            });
+            for i in 0..50u64 {
+                let t = a.on_response(Instant::from_millis(i * 10), true, false, &mut rng);
+                assert_eq!(t, None, "rate {min_success_rate}");
+            }
+        }
+        // Clamped to 1, a single failure in the window is below the rate.
+        let mut a = Accrual::new(AccrualConfig {
+            mode: AccrualMode::SuccessRate {
+                window: Duration::from_secs(10),
+                min_requests: 5,
+                min_success_rate: 7.0,
+            },
+            ..AccrualConfig::default()
+        });
+        for i in 0..10u64 {
+            assert_eq!(
+                a.on_response(Instant::from_millis(i), true, false, &mut rng),
+                None
+            );
+        }
+        assert!(matches!(
+            a.on_response(Instant::from_millis(10), false, false, &mut rng),
+            Some(Transition::Ejected { .. })
+        ));
     }
 
     quickcheck! {
