@@ -378,6 +378,40 @@ mod tests {
     }
 
     #[test]
+    fn old_success_rate_buckets_expire() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut a = Accrual::new(AccrualConfig {
+            mode: AccrualMode::SuccessRate {
+                window: Duration::from_secs(10),
+                min_requests: 5,
+                min_success_rate: 0.8,
+            },
+            ..AccrualConfig::default()
+        });
+        // Four failures early on: not enough requests for a verdict.
+        for i in 0..4u64 {
+            assert_eq!(
+                a.on_response(Instant::from_millis(500 + i), false, false, &mut rng),
+                None
+            );
+        }
+        // Within the window they still count: one success makes 1/5 < 80%.
+        let mut b = a.clone();
+        assert!(matches!(
+            b.on_response(Instant::from_millis(9_000), true, false, &mut rng),
+            Some(Transition::Ejected { .. })
+        ));
+        // A window later (the failures' bucket slot is reused, too) they are
+        // forgotten: five successes are 5/5.
+        for i in 0..5u64 {
+            assert_eq!(
+                a.on_response(Instant::from_millis(10_500 + i), true, false, &mut rng),
+                None
+            );
+        }
+    }
+
+    #[test]
     fn success_rate_above_one_is_clamped_and_never_ejects_a_perfect_endpoint() {
         let mut rng = SmallRng::seed_from_u64(3);
         for min_success_rate in [1.5, f64::INFINITY, 1.0, f64::NAN] {

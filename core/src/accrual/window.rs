@@ -73,3 +73,25 @@ impl SuccessWindow {
         self.buckets = [Bucket::default(); BUCKETS];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_older_than_the_window_expire() {
+        let mut w = SuccessWindow::new(Duration::from_secs(10));
+        for _ in 0..3 {
+            w.record(Instant::from_millis(500), false);
+        }
+        w.record(Instant::from_millis(1_500), true);
+        assert_eq!(w.counts(Instant::from_millis(9_999)), (1, 3));
+        // Period 10: the oldest counted is period 1, so period 0 is gone.
+        assert_eq!(w.counts(Instant::from_millis(10_000)), (1, 0));
+        assert_eq!(w.counts(Instant::from_millis(11_000)), (0, 0));
+        // Far later, nothing is left, and a reused slot starts from zero.
+        assert_eq!(w.counts(Instant::from_secs(1_000)), (0, 0));
+        w.record(Instant::from_millis(20_500), true);
+        assert_eq!(w.counts(Instant::from_millis(20_500)), (1, 0));
+    }
+}
