@@ -229,6 +229,142 @@ fn a_broken_rotation_keeps_the_old_credentials_until_the_files_change_again() {
     assert_eq!(before.not_after(), unix(T0 + DAY));
 }
 
+/// A store holding `ca`'s day-long `WEB` certificate, polled every 5 s
+/// from monotonic zero.
+fn store_with_first_cert(ca: &Ca) -> CredentialStore {
+    CredentialStore::new(
+        creds(&ca.leaf(WEB), &ca.pem),
+        Fingerprint::from_raw(1),
+        Duration::from_secs(5),
+        Instant::ZERO,
+    )
+}
+
+#[test]
+fn a_renewal_that_is_not_yet_valid_at_load_is_retried_until_it_is() {
+    // cert-manager sets not_before to the issue time; this node's clock is
+    // ten seconds behind the issuer's.
+    let ca = Ca::new("ca");
+    let renewed = ca.leaf_valid(WEB, T0 + 10, T0 + 2 * DAY);
+    let fp = Fingerprint::of_contents(&[renewed.chain_pem.as_bytes(), renewed.key_pem.as_bytes()]);
+    let mut store = store_with_first_cert(&ca);
+    let before = store.current().clone();
+
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CredentialsError::NotYetValid {
+            now: unix(T0),
+            not_before: unix(T0 + 10)
+        }
+    );
+    assert!(err.is_retryable());
+    assert!(std::sync::Arc::ptr_eq(store.current(), &before));
+
+    // Ten seconds later the same files are read again, and now load.
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(15), fp),
+        Reload::Read
+    );
+    let rotated = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0 + 10),
+        )
+        .unwrap();
+    assert_eq!(rotated.generation, 1);
+    assert_eq!(store.not_after(), unix(T0 + 2 * DAY));
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(20), fp),
+        Reload::Unchanged
+    );
+}
+
+#[test]
+fn a_chain_with_a_not_yet_valid_intermediate_is_retried_too() {
+    let root = Ca::new("root");
+    // A freshly issued intermediate, and a leaf it signed (backdated).
+    let intermediate = root.intermediate("intermediate", T0 + 10, T0 + 365 * DAY);
+    let renewed = intermediate.leaf_valid(WEB, T0 - 60, T0 + DAY);
+    let mut store = store_with_first_cert(&root);
+    let fp = Fingerprint::from_raw(2);
+
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            root.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, CredentialsError::NotTrustedByBundle(_)),
+        "{err:?}"
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(10), fp),
+        Reload::Read
+    );
+    let rotated = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            root.pem.as_bytes(),
+            unix(T0 + 10),
+        )
+        .unwrap();
+    assert_eq!(rotated.generation, 1);
+}
+
+#[test]
+fn an_expired_certificate_is_not_retried_until_the_files_change() {
+    let ca = Ca::new("ca");
+    let stale = ca.leaf_valid(WEB, T0 - 2 * DAY, T0 - 1);
+    let mut store = store_with_first_cert(&ca);
+    let fp = Fingerprint::from_raw(2);
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            stale.chain_pem.as_bytes(),
+            stale.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert!(matches!(err, CredentialsError::Expired { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(10), fp),
+        Reload::Unchanged
+    );
+}
+
 #[test]
 fn content_fingerprints_change_with_any_byte() {
     let a = Fingerprint::of_contents(&[b"cert", b"key"]);

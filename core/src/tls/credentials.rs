@@ -96,6 +96,30 @@ pub enum CredentialsError {
     NotTrustedByBundle(rustls::Error),
 }
 
+impl CredentialsError {
+    /// Whether the same files may load at a later time: the leaf, or a
+    /// certificate in its chain, is not valid *yet*. Renewed certificates
+    /// usually start at their issue time, so a node whose clock is slightly
+    /// behind the issuer's sees them as not yet valid for a moment.
+    /// [`CredentialStore`](super::CredentialStore) retries such files on
+    /// every poll instead of waiting for them to change.
+    ///
+    /// Expiry is not retryable: time does not run backwards.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CredentialsError::NotYetValid { .. } => true,
+            CredentialsError::NotTrustedByBundle(rustls::Error::InvalidCertificate(e)) => {
+                matches!(
+                    e,
+                    rustls::CertificateError::NotValidYet
+                        | rustls::CertificateError::NotValidYetContext { .. }
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A workload's certificate, key and trust bundle, parsed and cross-checked.
 ///
 /// Cheap to share: handshakes hold an `Arc<Credentials>` and rotation swaps
