@@ -209,6 +209,74 @@ fn wrong_identity_is_refused_by_the_client() {
     );
 }
 
+/// A workload of another trust domain, with a certificate from the mesh's
+/// own (trusted) CA.
+const FOREIGN: &str = "spiffe://other.example/ns/x/sa/y";
+
+fn td(s: &str) -> needle_core::identity::TrustDomain {
+    needle_core::identity::TrustDomain::parse(s).unwrap()
+}
+
+#[test]
+fn a_server_from_a_foreign_trust_domain_is_refused_by_the_client() {
+    let m = mesh();
+    // The trusted CA issued it, but the bundle vouches for cluster.local
+    // only: an SVID must be verified by its own trust domain's bundle.
+    let foreign = creds(&m.ca.leaf(FOREIGN), &m.ca.pem);
+    let now = start();
+    let mut pair = Pair::new(client(&m.db, FOREIGN, now), server(&foreign, now), now);
+    pair.drive();
+    assert_eq!(
+        pair.client_events,
+        vec![Output::Failed(HandshakeError::ForeignTrustDomain {
+            expected: td("cluster.local"),
+            found: td("other.example"),
+        })]
+    );
+    assert_eq!(
+        pair.server_events,
+        vec![Output::Failed(HandshakeError::PeerAlert(
+            AlertDescription::CertificateUnknown
+        ))]
+    );
+}
+
+#[test]
+fn a_client_from_a_foreign_trust_domain_is_refused_by_the_server() {
+    let m = mesh();
+    let leaf = m.ca.leaf(FOREIGN);
+    // A Needle client of other.example would refuse web's cluster.local
+    // certificate itself; use a raw client that accepts web.
+    let clock = Arc::new(InputClock::new(unix(T0)));
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_details(provider(), clock.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(
+            needle_core::tls::verify::SpiffeServerVerifier::new(&m.db, id(WEB)),
+        ))
+        .with_client_auth_cert(vec![leaf.der.clone().into()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"needle/h2".to_vec()];
+    let name = sni::server_name(&id(WEB)).unwrap().try_into().unwrap();
+    let client = Raw::new(
+        rustls::ClientConnection::new(Arc::new(config), name).unwrap(),
+        clock,
+    );
+    let now = start();
+    let mut pair = Pair::new(client, server(&m.web, now), now);
+    pair.drive();
+    assert_eq!(
+        pair.server_events,
+        vec![Output::Failed(HandshakeError::ForeignTrustDomain {
+            expected: td("cluster.local"),
+            found: td("other.example"),
+        })]
+    );
+}
+
 #[test]
 fn sni_for_another_workload_is_refused_by_the_server() {
     let m = mesh();

@@ -1,8 +1,12 @@
 //! # The local workload's credentials, from PEM bytes
 //!
 //! SPIRE agents and cert-manager's CSI driver write three PEM files: the
-//! certificate chain (leaf first), the private key, and the trust bundle (the
-//! CA certificates of every trust domain this workload accepts). The io layer
+//! certificate chain (leaf first), the private key, and the trust bundle: the
+//! CA certificates of the local workload's own trust domain (the one in its
+//! SPIFFE ID), possibly several during a CA rotation. The bundle vouches for
+//! that trust domain only: a peer whose SPIFFE ID names another trust domain
+//! is refused whichever CA signed it (see [`verify`](super::verify); a CA of
+//! a federated partner must not go into this file). The io layer
 //! reads the files; this module turns their bytes into [`Credentials`], or
 //! says exactly what is wrong with them. Everything that can be checked
 //! before the first handshake is checked here, so a broken file is a clear
@@ -20,7 +24,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
-use super::verify::SpiffeClientVerifier;
+use super::verify::{DomainBundle, SpiffeClientVerifier, TrustBundles};
 use crate::identity::SpiffeId;
 use crate::identity::x509::{self, CertIdentityError, CertInfo};
 
@@ -128,13 +132,16 @@ impl CredentialsError {
 pub struct Credentials {
     provider: Arc<CryptoProvider>,
     certified_key: Arc<CertifiedKey>,
-    roots: Arc<RootCertStore>,
+    bundles: Arc<TrustBundles>,
     client_verifier: Arc<dyn ClientCertVerifier>,
     info: CertInfo,
 }
 
 impl Credentials {
     /// Parses and checks the three PEM files' contents at wall-clock `now`.
+    ///
+    /// `bundle_pem` is the trust bundle of the leaf's own trust domain: it
+    /// verifies peers of that trust domain and no other.
     pub fn from_pem(
         provider: Arc<CryptoProvider>,
         chain_pem: &[u8],
@@ -187,11 +194,18 @@ impl Credentials {
             // The builder only fails without anchors (no CRLs are given),
             // which the bundle check above already rules out.
             .map_err(|_| CredentialsError::EmptyBundle)?;
+        let bundles = Arc::new(TrustBundles::local_only(
+            info.identity.to_trust_domain(),
+            DomainBundle {
+                roots,
+                client: webpki,
+            },
+        ));
         Ok(Credentials {
             provider,
             certified_key: Arc::new(certified_key),
-            roots,
-            client_verifier: Arc::new(SpiffeClientVerifier::new(webpki)),
+            client_verifier: Arc::new(SpiffeClientVerifier::new(bundles.clone())),
+            bundles,
             info,
         })
     }
@@ -222,9 +236,14 @@ impl Credentials {
         &self.certified_key
     }
 
-    /// The trust anchors.
+    /// The trust anchors of the local workload's trust domain, the only
+    /// one whose peers are accepted.
     pub fn roots(&self) -> &Arc<RootCertStore> {
-        &self.roots
+        &self.bundles.local().roots
+    }
+
+    pub(crate) fn bundles(&self) -> &Arc<TrustBundles> {
+        &self.bundles
     }
 
     pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
