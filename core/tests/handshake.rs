@@ -647,3 +647,39 @@ fn input_stops_being_taken_when_received_plaintext_is_not_drained() {
     );
     assert_eq!(received, big);
 }
+
+#[test]
+fn input_after_close_notify_is_taken_and_discarded() {
+    let m = mesh();
+    let mut pair = pair_at(&m.db, &m.web, T0);
+    assert_eq!(pair.echo(true, b"request"), b"request");
+    // The server answers and closes; the same read brings trailing bytes
+    // (whatever a peer writes after close_notify means nothing).
+    pair.server.send(b"response").unwrap();
+    pair.server.close();
+    let mut wire = Vec::new();
+    while let Some(Output::Transmit(bytes)) = pair.server.poll_output() {
+        wire.extend_from_slice(&bytes);
+    }
+    let closed_at = wire.len();
+    wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]);
+    let now = pair.now;
+    assert_eq!(pair.client.handle_input(now, &wire), wire.len());
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        pair.client.recv(&mut buf),
+        needle_core::tls::Received::Data(8)
+    );
+    assert_eq!(&buf[..8], b"response");
+    assert_eq!(
+        pair.client.recv(&mut buf),
+        needle_core::tls::Received::Closed
+    );
+    // And an io loop feeding more (or re-feeding) is never stuck.
+    assert_eq!(
+        pair.client.handle_input(now, &wire[closed_at..]),
+        wire.len() - closed_at
+    );
+    assert_eq!(pair.client.handle_input(now, b"x"), 1);
+    assert_eq!(pair.client.poll_output(), None);
+}
