@@ -97,6 +97,79 @@ fn a_key_that_does_not_match_the_certificate_is_refused() {
     );
 }
 
+/// A ring key that, like an HSM-held one, cannot tell its public key.
+#[derive(Debug)]
+struct OpaqueKey(std::sync::Arc<dyn rustls::sign::SigningKey>);
+
+impl rustls::sign::SigningKey for OpaqueKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        self.0.choose_scheme(offered)
+    }
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+    // `public_key` left at its default: None.
+}
+
+#[derive(Debug)]
+struct OpaqueKeys;
+
+impl rustls::crypto::KeyProvider for OpaqueKeys {
+    fn load_private_key(
+        &self,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        let inner = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key)?;
+        Ok(std::sync::Arc::new(OpaqueKey(inner)))
+    }
+}
+
+fn opaque_key_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::CryptoProvider {
+        key_provider: &OpaqueKeys,
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
+#[test]
+fn a_mismatched_key_is_refused_even_when_the_provider_cannot_tell_its_public_key() {
+    let ca = Ca::new("ca");
+    let web = ca.leaf(WEB);
+    let db = ca.leaf(DB);
+    let provider = opaque_key_provider();
+    let load_with = |chain: &str, key: &str| {
+        Credentials::from_pem(
+            provider.clone(),
+            chain.as_bytes(),
+            key.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+    };
+
+    // This provider takes rustls's `keys_match` down its "don't know" path.
+    let key = rustls::pki_types::pem::PemObject::from_pem_slice(db.key_pem.as_bytes()).unwrap();
+    let signing = provider.key_provider.load_private_key(key).unwrap();
+    assert_eq!(
+        rustls::sign::CertifiedKey::new(vec![web.der.clone().into()], signing).keys_match(),
+        Err(rustls::Error::InconsistentKeys(
+            rustls::InconsistentKeys::Unknown
+        ))
+    );
+
+    assert_eq!(
+        load_with(&web.chain_pem, &db.key_pem).unwrap_err(),
+        CredentialsError::KeyMismatch
+    );
+    let creds = load_with(&web.chain_pem, &web.key_pem).unwrap();
+    assert_eq!(creds.identity(), &id(WEB));
+}
+
 #[test]
 fn expired_and_not_yet_valid_certificates_are_refused_at_load() {
     let ca = Ca::new("ca");

@@ -56,6 +56,15 @@ pub enum CertIdentityError {
     },
 }
 
+/// The certificate's public key: the `subjectPublicKey` bits of its
+/// SubjectPublicKeyInfo, what a rustls `SignatureVerificationAlgorithm`
+/// verifies with.
+pub(crate) fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, CertIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| CertIdentityError::Malformed(e.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
 /// Reads the SPIFFE ID and validity period of a certificate.
 pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, CertIdentityError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())

@@ -20,7 +20,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
@@ -158,7 +158,11 @@ impl Credentials {
             .map_err(CredentialsError::UnsupportedKey)?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Ok(()) => {}
+            // The provider's key cannot tell its public key: prove it.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                prove_possession(&provider, &*certified_key.key, &leaf)?;
+            }
             Err(rustls::Error::InconsistentKeys(_)) => return Err(CredentialsError::KeyMismatch),
             Err(e) => return Err(CredentialsError::UnsupportedKey(e)),
         }
@@ -248,6 +252,47 @@ impl Credentials {
 
     pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.client_verifier
+    }
+}
+
+/// Checks that `key` is the private half of `leaf`'s public key by signing a
+/// fixed message with it and verifying the signature with the certificate's
+/// key, using the provider's own algorithms. This is how a key whose
+/// provider cannot derive its public key (rustls's `keys_match` answers
+/// `InconsistentKeys::Unknown`, e.g. a key held in an HSM) is still refused
+/// when it does not match, rather than loading and failing every handshake.
+fn prove_possession(
+    provider: &CryptoProvider,
+    key: &dyn SigningKey,
+    leaf: &CertificateDer<'_>,
+) -> Result<(), CredentialsError> {
+    const MESSAGE: &[u8] = b"needle: does this private key match its certificate?";
+    let algorithms = &provider.signature_verification_algorithms;
+    let signer = key
+        .choose_scheme(&algorithms.supported_schemes())
+        .ok_or_else(|| {
+            CredentialsError::UnsupportedKey(rustls::Error::General(
+                "the key signs with no scheme the crypto provider verifies".into(),
+            ))
+        })?;
+    let signature = signer
+        .sign(MESSAGE)
+        .map_err(CredentialsError::UnsupportedKey)?;
+    let public_key = x509::subject_public_key(leaf)?;
+    let scheme = signer.scheme();
+    let verified = algorithms
+        .mapping
+        .iter()
+        .filter(|(s, _)| *s == scheme)
+        .flat_map(|(_, algs)| algs.iter())
+        .any(|alg| {
+            alg.verify_signature(&public_key, MESSAGE, &signature)
+                .is_ok()
+        });
+    if verified {
+        Ok(())
+    } else {
+        Err(CredentialsError::KeyMismatch)
     }
 }
 
