@@ -785,3 +785,33 @@ fn a_tls12_only_client_is_refused() {
         assert_eq!(s.poll_output(), None);
     }
 }
+
+#[test]
+fn the_client_refuses_a_server_that_picks_no_alpn() {
+    // A server with web's genuine certificate that ignores ALPN (an old or
+    // misconfigured proxy): the client must not guess the transport.
+    let m = mesh();
+    let leaf = m.ca.leaf(WEB);
+    let clock = Arc::new(InputClock::new(unix(T0)));
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_details(provider(), clock.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone().into()], key)
+        .unwrap();
+    assert!(config.alpn_protocols.is_empty());
+    let no_alpn = Raw::new(
+        rustls::ServerConnection::new(Arc::new(config)).unwrap(),
+        clock,
+    );
+    let now = start();
+    let mut pair = Pair::new(client(&m.db, WEB, now), no_alpn, now);
+    pair.drive();
+    assert_eq!(
+        pair.client_events,
+        vec![Output::Failed(HandshakeError::AlpnMismatch)]
+    );
+    assert!(pair.client.send(b"x").is_err());
+}
