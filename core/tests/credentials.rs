@@ -97,6 +97,79 @@ fn a_key_that_does_not_match_the_certificate_is_refused() {
     );
 }
 
+/// A ring key that, like an HSM-held one, cannot tell its public key.
+#[derive(Debug)]
+struct OpaqueKey(std::sync::Arc<dyn rustls::sign::SigningKey>);
+
+impl rustls::sign::SigningKey for OpaqueKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        self.0.choose_scheme(offered)
+    }
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+    // `public_key` left at its default: None.
+}
+
+#[derive(Debug)]
+struct OpaqueKeys;
+
+impl rustls::crypto::KeyProvider for OpaqueKeys {
+    fn load_private_key(
+        &self,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        let inner = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key)?;
+        Ok(std::sync::Arc::new(OpaqueKey(inner)))
+    }
+}
+
+fn opaque_key_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::CryptoProvider {
+        key_provider: &OpaqueKeys,
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
+#[test]
+fn a_mismatched_key_is_refused_even_when_the_provider_cannot_tell_its_public_key() {
+    let ca = Ca::new("ca");
+    let web = ca.leaf(WEB);
+    let db = ca.leaf(DB);
+    let provider = opaque_key_provider();
+    let load_with = |chain: &str, key: &str| {
+        Credentials::from_pem(
+            provider.clone(),
+            chain.as_bytes(),
+            key.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+    };
+
+    // This provider takes rustls's `keys_match` down its "don't know" path.
+    let key = rustls::pki_types::pem::PemObject::from_pem_slice(db.key_pem.as_bytes()).unwrap();
+    let signing = provider.key_provider.load_private_key(key).unwrap();
+    assert_eq!(
+        rustls::sign::CertifiedKey::new(vec![web.der.clone().into()], signing).keys_match(),
+        Err(rustls::Error::InconsistentKeys(
+            rustls::InconsistentKeys::Unknown
+        ))
+    );
+
+    assert_eq!(
+        load_with(&web.chain_pem, &db.key_pem).unwrap_err(),
+        CredentialsError::KeyMismatch
+    );
+    let creds = load_with(&web.chain_pem, &web.key_pem).unwrap();
+    assert_eq!(creds.identity(), &id(WEB));
+}
+
 #[test]
 fn expired_and_not_yet_valid_certificates_are_refused_at_load() {
     let ca = Ca::new("ca");
@@ -227,6 +300,142 @@ fn a_broken_rotation_keeps_the_old_credentials_until_the_files_change_again() {
     assert_eq!(store.not_after(), unix(T0 + 2 * DAY));
     // Whoever held the old Arc (an established session) still has it.
     assert_eq!(before.not_after(), unix(T0 + DAY));
+}
+
+/// A store holding `ca`'s day-long `WEB` certificate, polled every 5 s
+/// from monotonic zero.
+fn store_with_first_cert(ca: &Ca) -> CredentialStore {
+    CredentialStore::new(
+        creds(&ca.leaf(WEB), &ca.pem),
+        Fingerprint::from_raw(1),
+        Duration::from_secs(5),
+        Instant::ZERO,
+    )
+}
+
+#[test]
+fn a_renewal_that_is_not_yet_valid_at_load_is_retried_until_it_is() {
+    // cert-manager sets not_before to the issue time; this node's clock is
+    // ten seconds behind the issuer's.
+    let ca = Ca::new("ca");
+    let renewed = ca.leaf_valid(WEB, T0 + 10, T0 + 2 * DAY);
+    let fp = Fingerprint::of_contents(&[renewed.chain_pem.as_bytes(), renewed.key_pem.as_bytes()]);
+    let mut store = store_with_first_cert(&ca);
+    let before = store.current().clone();
+
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CredentialsError::NotYetValid {
+            now: unix(T0),
+            not_before: unix(T0 + 10)
+        }
+    );
+    assert!(err.is_retryable());
+    assert!(std::sync::Arc::ptr_eq(store.current(), &before));
+
+    // Ten seconds later the same files are read again, and now load.
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(15), fp),
+        Reload::Read
+    );
+    let rotated = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0 + 10),
+        )
+        .unwrap();
+    assert_eq!(rotated.generation, 1);
+    assert_eq!(store.not_after(), unix(T0 + 2 * DAY));
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(20), fp),
+        Reload::Unchanged
+    );
+}
+
+#[test]
+fn a_chain_with_a_not_yet_valid_intermediate_is_retried_too() {
+    let root = Ca::new("root");
+    // A freshly issued intermediate, and a leaf it signed (backdated).
+    let intermediate = root.intermediate("intermediate", T0 + 10, T0 + 365 * DAY);
+    let renewed = intermediate.leaf_valid(WEB, T0 - 60, T0 + DAY);
+    let mut store = store_with_first_cert(&root);
+    let fp = Fingerprint::from_raw(2);
+
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            root.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, CredentialsError::NotTrustedByBundle(_)),
+        "{err:?}"
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(10), fp),
+        Reload::Read
+    );
+    let rotated = store
+        .handle_files(
+            fp,
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            root.pem.as_bytes(),
+            unix(T0 + 10),
+        )
+        .unwrap();
+    assert_eq!(rotated.generation, 1);
+}
+
+#[test]
+fn an_expired_certificate_is_not_retried_until_the_files_change() {
+    let ca = Ca::new("ca");
+    let stale = ca.leaf_valid(WEB, T0 - 2 * DAY, T0 - 1);
+    let mut store = store_with_first_cert(&ca);
+    let fp = Fingerprint::from_raw(2);
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(5), fp),
+        Reload::Read
+    );
+    let err = store
+        .handle_files(
+            fp,
+            stale.chain_pem.as_bytes(),
+            stale.key_pem.as_bytes(),
+            ca.pem.as_bytes(),
+            unix(T0),
+        )
+        .unwrap_err();
+    assert!(matches!(err, CredentialsError::Expired { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        store.handle_fingerprint(Instant::from_secs(10), fp),
+        Reload::Unchanged
+    );
 }
 
 #[test]

@@ -209,6 +209,74 @@ fn wrong_identity_is_refused_by_the_client() {
     );
 }
 
+/// A workload of another trust domain, with a certificate from the mesh's
+/// own (trusted) CA.
+const FOREIGN: &str = "spiffe://other.example/ns/x/sa/y";
+
+fn td(s: &str) -> needle_core::identity::TrustDomain {
+    needle_core::identity::TrustDomain::parse(s).unwrap()
+}
+
+#[test]
+fn a_server_from_a_foreign_trust_domain_is_refused_by_the_client() {
+    let m = mesh();
+    // The trusted CA issued it, but the bundle vouches for cluster.local
+    // only: an SVID must be verified by its own trust domain's bundle.
+    let foreign = creds(&m.ca.leaf(FOREIGN), &m.ca.pem);
+    let now = start();
+    let mut pair = Pair::new(client(&m.db, FOREIGN, now), server(&foreign, now), now);
+    pair.drive();
+    assert_eq!(
+        pair.client_events,
+        vec![Output::Failed(HandshakeError::ForeignTrustDomain {
+            expected: td("cluster.local"),
+            found: td("other.example"),
+        })]
+    );
+    assert_eq!(
+        pair.server_events,
+        vec![Output::Failed(HandshakeError::PeerAlert(
+            AlertDescription::CertificateUnknown
+        ))]
+    );
+}
+
+#[test]
+fn a_client_from_a_foreign_trust_domain_is_refused_by_the_server() {
+    let m = mesh();
+    let leaf = m.ca.leaf(FOREIGN);
+    // A Needle client of other.example would refuse web's cluster.local
+    // certificate itself; use a raw client that accepts web.
+    let clock = Arc::new(InputClock::new(unix(T0)));
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_details(provider(), clock.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(
+            needle_core::tls::verify::SpiffeServerVerifier::new(&m.db, id(WEB)),
+        ))
+        .with_client_auth_cert(vec![leaf.der.clone().into()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"needle/h2".to_vec()];
+    let name = sni::server_name(&id(WEB)).unwrap().try_into().unwrap();
+    let client = Raw::new(
+        rustls::ClientConnection::new(Arc::new(config), name).unwrap(),
+        clock,
+    );
+    let now = start();
+    let mut pair = Pair::new(client, server(&m.web, now), now);
+    pair.drive();
+    assert_eq!(
+        pair.server_events,
+        vec![Output::Failed(HandshakeError::ForeignTrustDomain {
+            expected: td("cluster.local"),
+            found: td("other.example"),
+        })]
+    );
+}
+
 #[test]
 fn sni_for_another_workload_is_refused_by_the_server() {
     let m = mesh();
@@ -578,4 +646,172 @@ fn input_stops_being_taken_when_received_plaintext_is_not_drained() {
         "a 200 KiB burst must hit the plaintext buffer limit"
     );
     assert_eq!(received, big);
+}
+
+#[test]
+fn input_after_close_notify_is_taken_and_discarded() {
+    let m = mesh();
+    let mut pair = pair_at(&m.db, &m.web, T0);
+    assert_eq!(pair.echo(true, b"request"), b"request");
+    // The server answers and closes; the same read brings trailing bytes
+    // (whatever a peer writes after close_notify means nothing).
+    pair.server.send(b"response").unwrap();
+    pair.server.close();
+    let mut wire = Vec::new();
+    while let Some(Output::Transmit(bytes)) = pair.server.poll_output() {
+        wire.extend_from_slice(&bytes);
+    }
+    let closed_at = wire.len();
+    wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]);
+    let now = pair.now;
+    assert_eq!(pair.client.handle_input(now, &wire), wire.len());
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        pair.client.recv(&mut buf),
+        needle_core::tls::Received::Data(8)
+    );
+    assert_eq!(&buf[..8], b"response");
+    assert_eq!(
+        pair.client.recv(&mut buf),
+        needle_core::tls::Received::Closed
+    );
+    // And an io loop feeding more (or re-feeding) is never stuck.
+    assert_eq!(
+        pair.client.handle_input(now, &wire[closed_at..]),
+        wire.len() - closed_at
+    );
+    assert_eq!(pair.client.handle_input(now, b"x"), 1);
+    assert_eq!(pair.client.poll_output(), None);
+}
+
+/// A well-formed ClientHello offering TLS 1.2 only, addressed to `sni`, with
+/// everything a TLS 1.2 server needs to answer it (ECDHE-AEAD suites, groups,
+/// point formats, signature algorithms, EMS, renegotiation_info, ALPN).
+/// With `supported_versions`, it also carries that extension listing
+/// TLS 1.2 alone (a modern client configured for 1.2); without, it is a
+/// legacy client's (legacy_version 0x0303 is all it says).
+fn tls12_client_hello(sni: &str, supported_versions: bool) -> Vec<u8> {
+    fn u16be(n: usize) -> [u8; 2] {
+        u16::try_from(n).unwrap().to_be_bytes()
+    }
+    fn ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&u16be(body.len()));
+        out.extend_from_slice(body);
+    }
+    let mut exts = Vec::new();
+    let mut name = vec![0u8];
+    name.extend_from_slice(&u16be(sni.len()));
+    name.extend_from_slice(sni.as_bytes());
+    let mut list = u16be(name.len()).to_vec();
+    list.extend_from_slice(&name);
+    ext(&mut exts, 0x0000, &list); // server_name
+    ext(
+        &mut exts,
+        0x000a,
+        &[0, 6, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18],
+    ); // groups
+    ext(&mut exts, 0x000b, &[1, 0]); // ec_point_formats: uncompressed
+    ext(
+        &mut exts,
+        0x000d, // signature_algorithms
+        &[
+            0, 12, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03, 0x08, 0x05, 0x05, 0x01,
+        ],
+    );
+    let alpn = b"needle/h2";
+    let mut protos = u16be(alpn.len() + 1).to_vec();
+    protos.push(u8::try_from(alpn.len()).unwrap());
+    protos.extend_from_slice(alpn);
+    ext(&mut exts, 0x0010, &protos); // ALPN
+    ext(&mut exts, 0x0017, &[]); // extended_master_secret
+    ext(&mut exts, 0xff01, &[0]); // renegotiation_info
+    if supported_versions {
+        ext(&mut exts, 0x002b, &[2, 0x03, 0x03]);
+    }
+
+    let mut body = vec![0x03, 0x03]; // legacy_version: TLS 1.2
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // no session id
+    let suites: [u16; 6] = [0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8];
+    body.extend_from_slice(&u16be(suites.len() * 2));
+    for suite in suites {
+        body.extend_from_slice(&suite.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&u16be(exts.len()));
+    body.extend_from_slice(&exts);
+
+    let mut handshake = vec![0x01, 0]; // ClientHello, 24-bit length
+    handshake.extend_from_slice(&u16be(body.len()));
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&u16be(handshake.len()));
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[test]
+fn a_tls12_only_client_is_refused() {
+    // Needle offers TLS 1.3 only. The workspace's rustls is built without
+    // its `tls12` feature, so no rustls client can even be configured for
+    // 1.2: this ClientHello is made by hand. Were 1.2 ever enabled on the
+    // server, it would answer with a ServerHello and this test would fail.
+    let m = mesh();
+    let name = sni::server_name(&id(WEB)).unwrap();
+    for (supported_versions, why) in [
+        (
+            false,
+            rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+        ),
+        (true, rustls::PeerIncompatible::Tls12NotOfferedOrEnabled),
+    ] {
+        let now = start();
+        let mut s = server(&m.web, now);
+        let hello = tls12_client_hello(&name, supported_versions);
+        assert_eq!(s.handle_input(now, &hello), hello.len());
+        // A fatal protocol_version alert (level 2, description 70), then
+        // the failure.
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Transmit(vec![0x15, 0x03, 0x03, 0x00, 0x02, 2, 70]))
+        );
+        assert_eq!(
+            s.poll_output(),
+            Some(Output::Failed(HandshakeError::Protocol(
+                rustls::Error::PeerIncompatible(why)
+            )))
+        );
+        assert_eq!(s.poll_output(), None);
+    }
+}
+
+#[test]
+fn the_client_refuses_a_server_that_picks_no_alpn() {
+    // A server with web's genuine certificate that ignores ALPN (an old or
+    // misconfigured proxy): the client must not guess the transport.
+    let m = mesh();
+    let leaf = m.ca.leaf(WEB);
+    let clock = Arc::new(InputClock::new(unix(T0)));
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_details(provider(), clock.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone().into()], key)
+        .unwrap();
+    assert!(config.alpn_protocols.is_empty());
+    let no_alpn = Raw::new(
+        rustls::ServerConnection::new(Arc::new(config)).unwrap(),
+        clock,
+    );
+    let now = start();
+    let mut pair = Pair::new(client(&m.db, WEB, now), no_alpn, now);
+    pair.drive();
+    assert_eq!(
+        pair.client_events,
+        vec![Output::Failed(HandshakeError::AlpnMismatch)]
+    );
+    assert!(pair.client.send(b"x").is_err());
 }

@@ -164,6 +164,12 @@ impl SpiffeId {
         &self.text[SCHEME.len()..usize::from(self.td_end)]
     }
 
+    /// The trust domain, as a [`TrustDomain`].
+    pub fn to_trust_domain(&self) -> TrustDomain {
+        // Already checked by `parse`.
+        TrustDomain(self.trust_domain().to_owned())
+    }
+
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
         &self.text[usize::from(self.ns.0)..usize::from(self.ns.1)]

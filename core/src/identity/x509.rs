@@ -9,9 +9,10 @@
 //! zero-copy from the DER rustls already holds, and it needs no crypto
 //! backend (Needle only reads fields here; rustls verifies signatures).
 //!
-//! Only certificates that webpki has already verified, or that the local
-//! credential loader is about to check, are read here: this module never
-//! decides trust, only what the trusted certificate says.
+//! This module never decides trust, only what a certificate says. A peer's
+//! leaf is read before its chain is verified, to pick the trust domain whose
+//! bundle must verify it (see [`verify`](crate::tls::verify)); nothing it
+//! says is believed until that verification succeeds.
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
@@ -53,6 +54,15 @@ pub enum CertIdentityError {
         /// Why it was refused.
         reason: SpiffeIdError,
     },
+}
+
+/// The certificate's public key: the `subjectPublicKey` bits of its
+/// SubjectPublicKeyInfo, what a rustls `SignatureVerificationAlgorithm`
+/// verifies with.
+pub(crate) fn subject_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, CertIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| CertIdentityError::Malformed(e.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// Reads the SPIFFE ID and validity period of a certificate.

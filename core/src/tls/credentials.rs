@@ -1,8 +1,12 @@
 //! # The local workload's credentials, from PEM bytes
 //!
 //! SPIRE agents and cert-manager's CSI driver write three PEM files: the
-//! certificate chain (leaf first), the private key, and the trust bundle (the
-//! CA certificates of every trust domain this workload accepts). The io layer
+//! certificate chain (leaf first), the private key, and the trust bundle: the
+//! CA certificates of the local workload's own trust domain (the one in its
+//! SPIFFE ID), possibly several during a CA rotation. The bundle vouches for
+//! that trust domain only: a peer whose SPIFFE ID names another trust domain
+//! is refused whichever CA signed it (see [`verify`](super::verify); a CA of
+//! a federated partner must not go into this file). The io layer
 //! reads the files; this module turns their bytes into [`Credentials`], or
 //! says exactly what is wrong with them. Everything that can be checked
 //! before the first handshake is checked here, so a broken file is a clear
@@ -16,11 +20,11 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
-use super::verify::SpiffeClientVerifier;
+use super::verify::{DomainBundle, SpiffeClientVerifier, TrustBundles};
 use crate::identity::SpiffeId;
 use crate::identity::x509::{self, CertIdentityError, CertInfo};
 
@@ -96,6 +100,30 @@ pub enum CredentialsError {
     NotTrustedByBundle(rustls::Error),
 }
 
+impl CredentialsError {
+    /// Whether the same files may load at a later time: the leaf, or a
+    /// certificate in its chain, is not valid *yet*. Renewed certificates
+    /// usually start at their issue time, so a node whose clock is slightly
+    /// behind the issuer's sees them as not yet valid for a moment.
+    /// [`CredentialStore`](super::CredentialStore) retries such files on
+    /// every poll instead of waiting for them to change.
+    ///
+    /// Expiry is not retryable: time does not run backwards.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CredentialsError::NotYetValid { .. } => true,
+            CredentialsError::NotTrustedByBundle(rustls::Error::InvalidCertificate(e)) => {
+                matches!(
+                    e,
+                    rustls::CertificateError::NotValidYet
+                        | rustls::CertificateError::NotValidYetContext { .. }
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A workload's certificate, key and trust bundle, parsed and cross-checked.
 ///
 /// Cheap to share: handshakes hold an `Arc<Credentials>` and rotation swaps
@@ -104,13 +132,16 @@ pub enum CredentialsError {
 pub struct Credentials {
     provider: Arc<CryptoProvider>,
     certified_key: Arc<CertifiedKey>,
-    roots: Arc<RootCertStore>,
+    bundles: Arc<TrustBundles>,
     client_verifier: Arc<dyn ClientCertVerifier>,
     info: CertInfo,
 }
 
 impl Credentials {
     /// Parses and checks the three PEM files' contents at wall-clock `now`.
+    ///
+    /// `bundle_pem` is the trust bundle of the leaf's own trust domain: it
+    /// verifies peers of that trust domain and no other.
     pub fn from_pem(
         provider: Arc<CryptoProvider>,
         chain_pem: &[u8],
@@ -127,7 +158,11 @@ impl Credentials {
             .map_err(CredentialsError::UnsupportedKey)?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Ok(()) => {}
+            // The provider's key cannot tell its public key: prove it.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                prove_possession(&provider, &*certified_key.key, &leaf)?;
+            }
             Err(rustls::Error::InconsistentKeys(_)) => return Err(CredentialsError::KeyMismatch),
             Err(e) => return Err(CredentialsError::UnsupportedKey(e)),
         }
@@ -163,11 +198,18 @@ impl Credentials {
             // The builder only fails without anchors (no CRLs are given),
             // which the bundle check above already rules out.
             .map_err(|_| CredentialsError::EmptyBundle)?;
+        let bundles = Arc::new(TrustBundles::local_only(
+            info.identity.to_trust_domain(),
+            DomainBundle {
+                roots,
+                client: webpki,
+            },
+        ));
         Ok(Credentials {
             provider,
             certified_key: Arc::new(certified_key),
-            roots,
-            client_verifier: Arc::new(SpiffeClientVerifier::new(webpki)),
+            client_verifier: Arc::new(SpiffeClientVerifier::new(bundles.clone())),
+            bundles,
             info,
         })
     }
@@ -198,13 +240,59 @@ impl Credentials {
         &self.certified_key
     }
 
-    /// The trust anchors.
+    /// The trust anchors of the local workload's trust domain, the only
+    /// one whose peers are accepted.
     pub fn roots(&self) -> &Arc<RootCertStore> {
-        &self.roots
+        &self.bundles.local().roots
+    }
+
+    pub(crate) fn bundles(&self) -> &Arc<TrustBundles> {
+        &self.bundles
     }
 
     pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.client_verifier
+    }
+}
+
+/// Checks that `key` is the private half of `leaf`'s public key by signing a
+/// fixed message with it and verifying the signature with the certificate's
+/// key, using the provider's own algorithms. This is how a key whose
+/// provider cannot derive its public key (rustls's `keys_match` answers
+/// `InconsistentKeys::Unknown`, e.g. a key held in an HSM) is still refused
+/// when it does not match, rather than loading and failing every handshake.
+fn prove_possession(
+    provider: &CryptoProvider,
+    key: &dyn SigningKey,
+    leaf: &CertificateDer<'_>,
+) -> Result<(), CredentialsError> {
+    const MESSAGE: &[u8] = b"needle: does this private key match its certificate?";
+    let algorithms = &provider.signature_verification_algorithms;
+    let signer = key
+        .choose_scheme(&algorithms.supported_schemes())
+        .ok_or_else(|| {
+            CredentialsError::UnsupportedKey(rustls::Error::General(
+                "the key signs with no scheme the crypto provider verifies".into(),
+            ))
+        })?;
+    let signature = signer
+        .sign(MESSAGE)
+        .map_err(CredentialsError::UnsupportedKey)?;
+    let public_key = x509::subject_public_key(leaf)?;
+    let scheme = signer.scheme();
+    let verified = algorithms
+        .mapping
+        .iter()
+        .filter(|(s, _)| *s == scheme)
+        .flat_map(|(_, algs)| algs.iter())
+        .any(|alg| {
+            alg.verify_signature(&public_key, MESSAGE, &signature)
+                .is_ok()
+        });
+    if verified {
+        Ok(())
+    } else {
+        Err(CredentialsError::KeyMismatch)
     }
 }
 

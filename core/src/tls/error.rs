@@ -10,9 +10,9 @@ use std::sync::Arc;
 use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::UnixTime;
 
-use crate::identity::SpiffeId;
 use crate::identity::sni::SniError;
 use crate::identity::x509::CertIdentityError;
+use crate::identity::{SpiffeId, TrustDomain};
 
 /// Why a handshake (or an established session) failed.
 ///
@@ -48,6 +48,20 @@ pub enum HandshakeError {
         expected: SpiffeId,
         /// What the certificate says.
         found: SpiffeId,
+    },
+    /// The peer's certificate names an identity in a trust domain this
+    /// workload holds no trust bundle for. An X509-SVID is only valid when
+    /// verified by its own trust domain's bundle, and the bundle Needle
+    /// loads belongs to the local workload's trust domain alone, so a CA
+    /// in it cannot vouch for another domain's workloads (nor could a
+    /// partner's CA for ours). Federation (a bundle per trust domain) is
+    /// future work.
+    #[error("peer identity is in trust domain {found}, this workload only trusts {expected}")]
+    ForeignTrustDomain {
+        /// The trust domain this workload has a bundle for (its own).
+        expected: TrustDomain,
+        /// The trust domain of the peer's SPIFFE ID.
+        found: TrustDomain,
     },
     /// The peer's certificate is trusted but names no valid SPIFFE identity.
     #[error("peer certificate carries no usable identity: {0}")]
@@ -109,6 +123,11 @@ pub(crate) enum IdentityRejection {
     Mismatch { expected: SpiffeId, found: SpiffeId },
     #[error(transparent)]
     Unusable(CertIdentityError),
+    #[error("peer identity is in trust domain {found}, this workload only trusts {expected}")]
+    ForeignTrustDomain {
+        expected: TrustDomain,
+        found: TrustDomain,
+    },
 }
 
 impl IdentityRejection {
@@ -150,6 +169,12 @@ impl HandshakeError {
                         }
                     }
                     Some(IdentityRejection::Unusable(e)) => HandshakeError::NoIdentity(e.clone()),
+                    Some(IdentityRejection::ForeignTrustDomain { expected, found }) => {
+                        HandshakeError::ForeignTrustDomain {
+                            expected: expected.clone(),
+                            found: found.clone(),
+                        }
+                    }
                     None => HandshakeError::BadCertificate(C::Other(other)),
                 },
                 other => HandshakeError::BadCertificate(other),

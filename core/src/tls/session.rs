@@ -116,6 +116,8 @@ pub struct Session {
     events: Vec<Output>,
     /// The SNI a server refused, if it did (set by its cert resolver).
     refused_sni: Option<Arc<OnceLock<Option<String>>>>,
+    /// The peer's close_notify was received: later input is discarded.
+    peer_closed: bool,
 }
 
 impl Session {
@@ -167,6 +169,7 @@ impl Session {
             phase: Phase::Handshaking,
             events: Vec::new(),
             refused_sni,
+            peer_closed: false,
         }
     }
 
@@ -176,18 +179,24 @@ impl Session {
     /// During the handshake every byte is taken. Afterwards input stops
     /// being taken once rustls's buffer of received plaintext is full: drain
     /// it with [`Session::recv`] and feed the rest again. That is the
-    /// back-pressure a proxy needs. After a failure input is discarded (and
-    /// reported as taken).
+    /// back-pressure a proxy needs. After a failure, or once the peer's
+    /// close_notify was received, input is discarded (and reported as taken):
+    /// nothing after a close_notify means anything, and an io loop that
+    /// re-feeds what was not taken must not spin on it.
     pub fn handle_input(&mut self, now: Now, bytes: &[u8]) -> usize {
         self.clock.set(now.unix);
-        if matches!(self.phase, Phase::Failed(_)) {
+        if matches!(self.phase, Phase::Failed(_)) || self.peer_closed {
             return bytes.len();
         }
         let mut rest = bytes;
         while !rest.is_empty() {
             match self.conn.read_tls(&mut rest) {
-                // close_notify was received: nothing more is read.
-                Ok(0) => break,
+                // close_notify was received: nothing more is read, and the
+                // rest is discarded.
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return bytes.len();
+                }
                 Ok(_) => {}
                 // The received-plaintext buffer is full.
                 Err(_) => break,

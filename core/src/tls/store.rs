@@ -15,6 +15,15 @@
 //! never disturbed. A failed load (a half-written file, a key that does not
 //! match yet) keeps the old credentials serving and is not retried until the
 //! files change again, so a broken file costs one error, not one per poll.
+//!
+//! Except when the failure is a matter of time: a renewed certificate whose
+//! `not_before` is its issue time is "not yet valid" on a node whose clock is
+//! a second behind the issuer's, and the very same files load fine a moment
+//! later. Such failures ([`CredentialsError::is_retryable`]) are not
+//! remembered: the files are read again on every poll until they load or
+//! change. Otherwise the renewal would never be picked up and the old
+//! certificate would run out: an outage. An expired certificate is final
+//! (time does not run backwards), as is every other error.
 
 use std::sync::Arc;
 
@@ -60,7 +69,8 @@ impl Fingerprint {
 /// Whether io should read the credential files now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reload {
-    /// Nothing changed since the last load (or the last failed attempt).
+    /// Nothing changed since the last load (or the last failed attempt,
+    /// unless that failure may resolve itself with time).
     Unchanged,
     /// The files changed: read them and call [`CredentialStore::handle_files`].
     Read,
@@ -143,7 +153,9 @@ impl CredentialStore {
 
     /// io read the files (whose fingerprint is `fingerprint`) at wall-clock
     /// `now`. On success new handshakes use them from now on; on failure the
-    /// previous credentials stay in use and the error says why.
+    /// previous credentials stay in use and the error says why. A failure
+    /// that may go away with time alone ([`CredentialsError::is_retryable`])
+    /// is not remembered, so the next poll reads the same files again.
     pub fn handle_files(
         &mut self,
         fingerprint: Fingerprint,
@@ -168,7 +180,9 @@ impl CredentialStore {
                 })
             }
             Err(e) => {
-                self.failed = Some(fingerprint);
+                // Files that are merely early will load on a later poll; any
+                // other failure waits for the files to change.
+                self.failed = (!e.is_retryable()).then_some(fingerprint);
                 Err(e)
             }
         }

@@ -10,6 +10,19 @@
 //! SPIFFE ID: an identity-less peer must not reach authorization as
 //! "authenticated".
 //!
+//! ## One trust bundle per trust domain
+//!
+//! An X509-SVID is only valid when the bundle of *its own* trust domain
+//! verifies it: a CA trusted for `partner.example` must not be able to mint
+//! `spiffe://cluster.local/...`. So both verifiers read the SPIFFE ID of the
+//! peer's leaf first, pick that trust domain's bundle ([`TrustBundles`]),
+//! and verify the chain against it alone. Needle loads exactly one bundle,
+//! the local workload's trust domain's; a peer from any other trust domain
+//! is refused with
+//! [`HandshakeError::ForeignTrustDomain`](super::HandshakeError::ForeignTrustDomain)
+//! whatever CA signed it. Federation means adding bundles for other
+//! domains here (future work); the lookup is already per domain.
+//!
 //! [`client_config`] and [`server_config`] build the rustls configurations
 //! that [`Session`](super::Session) drives; they are public so a data plane
 //! that prefers tokio-rustls gets exactly the same checks.
@@ -32,7 +45,55 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::error::IdentityRejection;
 use super::{Alpn, Credentials, SetupError};
-use crate::identity::{SpiffeId, sni, x509};
+use crate::identity::{SpiffeId, TrustDomain, sni, x509};
+
+/// One trust domain's anchors, and rustls's client-certificate check built
+/// on them.
+#[derive(Debug)]
+pub(crate) struct DomainBundle {
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) client: Arc<dyn ClientCertVerifier>,
+}
+
+/// The trust bundles a workload verifies peers with, by trust domain.
+///
+/// Today exactly one: the local workload's own trust domain's (the bundle
+/// file). A peer is verified only by the bundle of the trust domain its
+/// SPIFFE ID names; federation would add more domains here.
+#[derive(Debug)]
+pub(crate) struct TrustBundles {
+    domain: TrustDomain,
+    local: DomainBundle,
+}
+
+impl TrustBundles {
+    /// `bundle` for the local trust domain `domain`, and nothing else.
+    pub(crate) fn local_only(domain: TrustDomain, bundle: DomainBundle) -> Self {
+        TrustBundles {
+            domain,
+            local: bundle,
+        }
+    }
+
+    /// The local trust domain's bundle.
+    pub(crate) fn local(&self) -> &DomainBundle {
+        &self.local
+    }
+
+    /// The bundle that may verify a certificate naming `peer`, or why there
+    /// is none.
+    fn for_peer(&self, peer: &SpiffeId) -> Result<&DomainBundle, rustls::Error> {
+        if peer.trust_domain() == self.domain.as_str() {
+            Ok(&self.local)
+        } else {
+            Err(IdentityRejection::ForeignTrustDomain {
+                expected: self.domain.clone(),
+                found: peer.to_trust_domain(),
+            }
+            .into_rustls())
+        }
+    }
+}
 
 /// A rustls `TimeProvider` that tells the time it was last given.
 ///
@@ -67,11 +128,12 @@ impl TimeProvider for InputClock {
     }
 }
 
-/// The client's check of the server: a chain to the trust bundle, valid at
-/// the session's time, whose leaf names the expected SPIFFE ID.
+/// The client's check of the server: a leaf naming a SPIFFE ID of a trust
+/// domain we hold a bundle for, chaining to that bundle, valid at the
+/// session's time, and naming the expected SPIFFE ID.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    bundles: Arc<TrustBundles>,
     provider: Arc<CryptoProvider>,
     expected: SpiffeId,
 }
@@ -80,10 +142,26 @@ impl SpiffeServerVerifier {
     /// Checks servers against `creds`'s trust bundle, expecting `expected`.
     pub fn new(creds: &Credentials, expected: SpiffeId) -> Self {
         SpiffeServerVerifier {
-            roots: creds.roots().clone(),
+            bundles: creds.bundles().clone(),
             provider: creds.provider().clone(),
             expected,
         }
+    }
+
+    fn verify_chain(
+        &self,
+        cert: &ParsedCertificate<'_>,
+        roots: &RootCertStore,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            cert,
+            roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )
     }
 }
 
@@ -99,16 +177,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let found = x509::inspect(end_entity)
-            .map_err(|e| IdentityRejection::Unusable(e).into_rustls())?
-            .identity;
+        // The leaf's claimed identity picks the bundle; the claim is only
+        // believed once that bundle has verified the chain.
+        let found = match x509::inspect(end_entity) {
+            Ok(info) => info.identity,
+            Err(e) => {
+                // A stranger's certificate is an unknown issuer first.
+                self.verify_chain(&cert, &self.bundles.local().roots, intermediates, now)?;
+                return Err(IdentityRejection::Unusable(e).into_rustls());
+            }
+        };
+        let bundle = self.bundles.for_peer(&found)?;
+        self.verify_chain(&cert, &bundle.roots, intermediates, now)?;
         if found != self.expected {
             return Err(IdentityRejection::Mismatch {
                 expected: self.expected.clone(),
@@ -155,16 +235,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// The server's check of the client: rustls's webpki client verification
-/// (mandatory client certificate), plus a usable SPIFFE ID in the leaf.
+/// The server's check of the client: a usable SPIFFE ID in the leaf, of a
+/// trust domain we hold a bundle for, and rustls's webpki client
+/// verification (mandatory client certificate) against that bundle.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    bundles: Arc<TrustBundles>,
 }
 
 impl SpiffeClientVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        SpiffeClientVerifier { inner }
+    pub(crate) fn new(bundles: Arc<TrustBundles>) -> Self {
+        SpiffeClientVerifier { bundles }
     }
 }
 
@@ -185,11 +266,23 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        x509::inspect(end_entity).map_err(|e| IdentityRejection::Unusable(e).into_rustls())?;
-        Ok(verified)
+        // As for servers: the claimed identity picks the bundle, which must
+        // then verify the chain.
+        match x509::inspect(end_entity) {
+            Ok(info) => self
+                .bundles
+                .for_peer(&info.identity)?
+                .client
+                .verify_client_cert(end_entity, intermediates, now),
+            Err(e) => {
+                // A stranger's certificate is an unknown issuer first.
+                self.bundles
+                    .local()
+                    .client
+                    .verify_client_cert(end_entity, intermediates, now)?;
+                Err(IdentityRejection::Unusable(e).into_rustls())
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -198,7 +291,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.bundles
+            .local()
+            .client
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -207,11 +303,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.bundles
+            .local()
+            .client
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.bundles.local().client.supported_verify_schemes()
     }
 }
 

@@ -28,6 +28,9 @@ fn at(secs: u64) -> OffsetDateTime {
 pub struct Ca {
     pub pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// What follows a leaf in its chain file: nothing for a root, the
+    /// intermediate's own PEM (and its issuers') for an intermediate.
+    chain_tail: String,
 }
 
 /// A workload's chain and key, as the files would hold them.
@@ -55,6 +58,30 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            chain_tail: String::new(),
+        }
+    }
+
+    /// An intermediate CA signed by this one, valid over `[not_before,
+    /// not_after]`; its leaves' chains carry it.
+    pub fn intermediate(&self, name: &str, not_before: u64, not_after: u64) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = at(not_before);
+        params.not_after = at(not_after);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            pem: cert.pem(),
+            chain_tail: format!("{}{}", cert.pem(), self.chain_tail),
             issuer: Issuer::new(params, key),
         }
     }
@@ -106,7 +133,7 @@ impl Ca {
         params.not_after = at(not_after);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
-            chain_pem: cert.pem(),
+            chain_pem: format!("{}{}", cert.pem(), self.chain_tail),
             key_pem: key.serialize_pem(),
             der: cert.der().to_vec(),
         }
