@@ -8,7 +8,13 @@
 //! - [`net`]: the seam (bind, accept, connect, peek, addresses, original
 //!   destination) with tokio and turmoil implementations.
 //! - [`prefixed`]: a stream with the bytes detection read put back in front.
+//! - [`http`]: HTTP/1.1 and HTTP/2 (gRPC) proxying: routes, balancing,
+//!   retries, per-endpoint connections, upgrades, protections.
+//! - [`discovery`]: where a destination's requests may go, watched for
+//!   changes.
 
+pub mod discovery;
+pub mod http;
 pub mod net;
 mod original_dst;
 pub mod prefixed;
