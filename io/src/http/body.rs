@@ -55,6 +55,8 @@ struct Shared {
     limit: usize,
     /// The copy outgrew the limit and was dropped.
     overflowed: bool,
+    /// Some of the client's body has been handed to an attempt.
+    started: bool,
     trailers: Option<HeaderMap>,
     ended: bool,
     /// The client's body as hyper first saw it.
@@ -89,6 +91,7 @@ impl ReplayBody {
             buffered: 0,
             limit,
             overflowed: hint.lower() > limit as u64,
+            started: false,
             trailers: None,
             ended: empty,
             hint,
@@ -104,8 +107,12 @@ impl ReplayBody {
     }
 
     /// A fresh view for another attempt, replaying from the first byte.
+    /// Broken (it errors when polled) if part of the body was sent and not
+    /// kept.
     pub(crate) fn replay(&self) -> Self {
-        let overflowed = self.lock().overflowed;
+        let shared = self.lock();
+        let overflowed = shared.overflowed && shared.started;
+        drop(shared);
         ReplayBody {
             shared: self.shared.clone(),
             pos: 0,
@@ -164,7 +171,11 @@ impl Body for ReplayBody {
         let Some(source) = shared.source.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(source).poll_frame(cx) {
+        let polled = Pin::new(source).poll_frame(cx);
+        if polled.is_ready() {
+            shared.started = true;
+        }
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 shared.source = None;
@@ -219,6 +230,6 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.lock().hint.clone()
+        self.lock().hint
     }
 }

@@ -370,3 +370,85 @@ impl<N: Network> Body for Checkin<N> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::TokioNet;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1 server on loopback counting its open connections.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let o = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let o = o.clone();
+                o.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(super::super::body::full(
+                            "hi",
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    fn get() -> Request<ProxyBody> {
+        Request::get("/")
+            .header("host", "a")
+            .body(super::super::body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn h1_connections_return_to_the_pool_and_expire_when_idle() {
+        let (addr, open) = server().await;
+        let config = HttpConfig {
+            h1_idle_timeout: Duration::from_millis(100),
+            ..HttpConfig::default()
+        };
+        let client = EndpointClient::new(addr, TokioNet, Arc::new(config));
+        for _ in 0..3 {
+            let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
+            assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hi");
+            assert_eq!(client.idle_len(), 1, "the connection came back");
+        }
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            1,
+            "one connection served all three"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            client.idle_len(),
+            0,
+            "the reaper closed the idle connection"
+        );
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            0,
+            "and the server saw it close"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_response_does_not_return_its_connection() {
+        let (addr, _open) = server().await;
+        let client = EndpointClient::new(addr, TokioNet, Arc::new(HttpConfig::default()));
+        let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
+        drop(res);
+        assert_eq!(client.idle_len(), 0);
+    }
+}

@@ -67,10 +67,6 @@ pub enum ProxyError {
     /// The request target exceeds the configured limit.
     #[error("request target too long")]
     UriTooLong,
-    /// The request's framing is ambiguous (both `Content-Length` and
-    /// `Transfer-Encoding`): a desync risk, refused.
-    #[error("ambiguous request framing")]
-    AmbiguousFraming,
 }
 
 impl ProxyError {
@@ -85,7 +81,6 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -102,7 +97,6 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => "connect-not-allowed",
             ProxyError::HeadersTooLarge => "headers-too-large",
             ProxyError::UriTooLong => "uri-too-long",
-            ProxyError::AmbiguousFraming => "ambiguous-framing",
         }
     }
 
@@ -121,8 +115,8 @@ impl ProxyError {
             | ProxyError::Upstream => 14,
             // DEADLINE_EXCEEDED.
             ProxyError::Timeout => 4,
-            // INVALID_ARGUMENT / RESOURCE_EXHAUSTED for malformed or oversized calls.
-            ProxyError::ConnectNotAllowed | ProxyError::AmbiguousFraming => 3,
+            // INVALID_ARGUMENT / RESOURCE_EXHAUSTED for refused or oversized calls.
+            ProxyError::ConnectNotAllowed => 3,
             ProxyError::HeadersTooLarge | ProxyError::UriTooLong => 8,
         }
     }

@@ -81,8 +81,11 @@ pub(crate) async fn handle<N: Network>(
                     Err(e) => return e.response(grpc),
                 };
                 debug!(attempt = number, endpoint = %inflight.client.addr(), "forwarding");
+                // An attempt cut short by its own per-try timeout (rather
+                // than by the request's deadline) is the endpoint's failure.
+                let per_try = deadline.is_some() && deadline != state.deadline();
                 let (outcome, answer) =
-                    attempt_once(&proxy, version, inflight, attempt, deadline).await;
+                    attempt_once(&proxy, version, inflight, attempt, deadline, per_try).await;
                 last = answer;
                 if body.overflowed() {
                     state.replay_buffer_overflowed();
@@ -126,6 +129,7 @@ async fn attempt_once<N: Network>(
     inflight: InFlight<N>,
     req: Request<ProxyBody>,
     deadline: Option<needle_core::time::Instant>,
+    per_try: bool,
 ) -> (
     Option<AttemptOutcome>,
     Result<Response<ProxyBody>, ProxyError>,
@@ -136,7 +140,16 @@ async fn attempt_once<N: Network>(
         Some(d) => match tokio::time::timeout_at(proxy.tokio_instant(d), send).await {
             Ok(r) => r,
             Err(_) => {
-                inflight.complete(proxy.now(), Completion::Cancelled);
+                // A per-try timeout teaches the balancer that the endpoint
+                // is slow (its RTT estimate sees the full wait) and counts
+                // towards failure accrual; the request's own deadline says
+                // nothing about the endpoint (it may have started late).
+                let completion = if per_try {
+                    Completion::Failure
+                } else {
+                    Completion::Cancelled
+                };
+                inflight.complete(proxy.now(), completion);
                 return (None, Err(ProxyError::Timeout));
             }
         },

@@ -1,13 +1,15 @@
 //! What a request's head must satisfy before it is forwarded, and the
 //! headers that belong to one hop and must not cross the proxy.
 //!
-//! hyper already refuses most malformed HTTP/1 (see `docs/data-plane.md`
-//! for the list and the tests that pin it); the checks here are the ones it
-//! leaves to the application: a request carrying both `Content-Length` and
-//! `Transfer-Encoding` (hyper picks chunked framing; RFC 9112 §6.1 says such
-//! a message "ought to be handled as an error" by an intermediary, because
-//! the next hop might pick the other framing), and Needle's own header
-//! count/size and request-target limits, which also apply to HTTP/2.
+//! hyper already refuses malformed HTTP/1 framing (see `docs/data-plane.md`
+//! for the list and the tests that pin it), and for a request carrying both
+//! `Content-Length` and `Transfer-Encoding` it drops the length, frames by
+//! the chunked encoding and closes the connection after answering, as RFC
+//! 9112 §6.1 requires; h2 refuses connection-specific fields. Since Needle
+//! re-frames every request it forwards, the endpoint cannot read a message
+//! boundary differently from Needle. What is left here is Needle's own
+//! request-target limit and header count/size limits, which also apply to
+//! HTTP/2 requests.
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request};
@@ -47,11 +49,6 @@ pub(crate) fn check_request<B>(req: &Request<B>, config: &HttpConfig) -> Result<
         .sum();
     if bytes > config.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
-    }
-    if headers.contains_key(header::CONTENT_LENGTH)
-        && headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        return Err(ProxyError::AmbiguousFraming);
     }
     Ok(())
 }
