@@ -788,3 +788,185 @@ async fn endpoint_removed_by_discovery_gets_no_more_traffic() {
         keep.requests()
     );
 }
+
+#[tokio::test]
+async fn failing_endpoint_is_ejected_and_then_fails_fast_with_503() {
+    let b = backend(|_req| async move {
+        let mut res = Response::new(full("broken"));
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res
+    })
+    .await;
+    let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
+    let mut client = h1_client(addr).await;
+    // POSTs are not retried, so each request is one attempt. Seven
+    // consecutive failures eject the endpoint (the core's default accrual).
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        let req = Request::post("/")
+            .header("host", "a")
+            .body(full("x"))
+            .unwrap();
+        let res = client.send_request(req).await.unwrap();
+        statuses.push((res.status().as_u16(), needle_error(&res)));
+        text(res).await;
+    }
+    assert!(
+        statuses[..7].iter().all(|s| *s == (500, None)),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[7], (503, Some("endpoints-ejected".to_owned())));
+    assert_eq!(
+        b.requests(),
+        7,
+        "an ejected endpoint gets nothing until probation"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_budget_is_spent() {
+    let always_busy = backend(|_req| async move {
+        let mut res = Response::new(full("busy"));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        res
+    })
+    .await;
+    // No earned budget, a floor of 1 retry/s over 5 s: at most 5 retries in
+    // the first 5 seconds, however many requests fail.
+    let config = HttpConfig {
+        retry_budget: needle_core::retry::BudgetConfig {
+            ratio: 0.0,
+            min_per_second: 1,
+            window: Duration::from_secs(5),
+        },
+        // Keep failure accrual out of the way: the endpoint stays in.
+        balance: needle_core::balance::BalanceConfig {
+            accrual: needle_core::accrual::AccrualConfig {
+                mode: needle_core::accrual::AccrualMode::ConsecutiveFailures(1000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..HttpConfig::default()
+    };
+    let (addr, _, _) = proxy_to(&[always_busy.addr], config, HttpVersion::Http1).await;
+    let mut client = h1_client(addr).await;
+    for _ in 0..20 {
+        let res = client.send_request(get("/")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        text(res).await;
+    }
+    assert_eq!(
+        always_busy.requests(),
+        20 + 5,
+        "20 requests and the 5 retries the budget allows"
+    );
+}
+
+#[tokio::test]
+async fn connect_is_forwarded_and_spliced_when_allowed() {
+    let b = backend(|mut req: Request<hyper::body::Incoming>| async move {
+        assert_eq!(req.method(), http::Method::CONNECT);
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 16];
+            let n = io.read(&mut buf).await.unwrap();
+            io.write_all(&buf[..n]).await.unwrap();
+        });
+        Response::new(full(Bytes::new()))
+    })
+    .await;
+    let config = HttpConfig {
+        allow_connect: true,
+        ..HttpConfig::default()
+    };
+    let (addr, _, _) = proxy_to(&[b.addr], config, HttpVersion::Http1).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_raw(&mut s, "\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"tunnel").await.unwrap();
+    assert_eq!(
+        read_raw(&mut s, "tunnel", Duration::from_secs(5)).await,
+        "tunnel"
+    );
+}
+
+/// Opens and immediately resets up to 2000 streams; returns whether the
+/// server closed the connection, and how many requests reached the endpoint.
+async fn rapid_reset(limit: usize) -> (bool, usize) {
+    let b = ok_backend("x", Duration::from_millis(200)).await;
+    let config = HttpConfig {
+        h2_max_pending_accept_reset_streams: limit,
+        h2_max_local_error_reset_streams: 1_000_000,
+        ..HttpConfig::default()
+    };
+    let (addr, _, _) = proxy_to(&[b.addr], config, HttpVersion::Http2).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut closed = false;
+    for _ in 0..2000 {
+        let req = Request::get("http://svc.test/").body(()).unwrap();
+        match client.send_request(req, true) {
+            // Dropping the response future resets the stream.
+            Ok((res, _)) => drop(res),
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        match client.ready().await {
+            Ok(c) => client = c,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_millis(500), conn).await;
+    closed |= matches!(ended, Ok(Ok(Err(_))));
+    (closed, b.requests())
+}
+
+/// CVE-2023-44487: a client opening streams and resetting them at once
+/// makes the server do work for free. h2 counts streams reset before the
+/// server accepted them and closes the connection (GOAWAY) past the limit.
+/// The control run with a huge limit shows it is the limit that acts (the
+/// local-error reset limit is raised in both runs: left at its default of
+/// 1024 it also closes such a connection, a bit later).
+#[tokio::test]
+async fn h2_rapid_reset_closes_the_connection() {
+    let (closed, forwarded) = rapid_reset(5).await;
+    assert!(closed, "the server kept accepting rapid resets");
+    assert!(forwarded < 100, "{forwarded} reset streams were forwarded");
+    let (closed, _) = rapid_reset(1_000_000).await;
+    assert!(
+        !closed,
+        "control: without the limit the connection stays up"
+    );
+}
+
+#[tokio::test]
+async fn h2_max_concurrent_streams_is_advertised() {
+    let b = ok_backend("x", Duration::ZERO).await;
+    let config = HttpConfig {
+        h2_max_concurrent_streams: 7,
+        ..HttpConfig::default()
+    };
+    let (addr, _, _) = proxy_to(&[b.addr], config, HttpVersion::Http2).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let (res, _) = client
+        .send_request(Request::get("http://svc.test/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(res.await.unwrap().status(), StatusCode::OK);
+    // The server's SETTINGS have been applied by the time a response came.
+    assert_eq!(client.current_max_send_streams(), 7);
+}

@@ -136,7 +136,9 @@ pub async fn proxy(
             };
             let p = p.clone();
             tokio::spawn(async move {
-                let _ = p.serve(stream, version, dst).await;
+                if let Err(e) = p.serve(stream, version, dst).await {
+                    eprintln!("serve ended: {e:?}");
+                }
             });
         }
     });
