@@ -46,9 +46,9 @@ where
 }
 
 #[derive(Debug)]
-struct Shared {
+struct Shared<B> {
     /// The client's body, still being read; `None` once it ended.
-    source: Option<Incoming>,
+    source: Option<B>,
     /// Data frames read so far, while they fit the limit.
     chunks: Vec<Bytes>,
     buffered: usize,
@@ -67,8 +67,8 @@ struct Shared {
 /// One attempt's view of a teed request body. Attempts must be sequential:
 /// the next one is made only after the previous one's body was dropped.
 #[derive(Debug)]
-pub(crate) struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
+pub(crate) struct ReplayBody<B = Incoming> {
+    shared: Arc<Mutex<Shared<B>>>,
     /// Next chunk of `chunks` to replay.
     pos: usize,
     trailers_sent: bool,
@@ -80,9 +80,9 @@ pub(crate) struct ReplayBody {
     passthrough: bool,
 }
 
-impl ReplayBody {
+impl<B: Body> ReplayBody<B> {
     /// Wraps the client's body, keeping up to `limit` bytes for replay.
-    pub(crate) fn new(body: Incoming, limit: usize) -> Self {
+    pub(crate) fn new(body: B, limit: usize) -> Self {
         let hint = body.size_hint();
         let empty = body.is_end_stream();
         let shared = Shared {
@@ -128,7 +128,7 @@ impl ReplayBody {
         self.lock().overflowed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -138,7 +138,11 @@ impl ReplayBody {
 #[error("request body outgrew the replay buffer and cannot be sent again")]
 pub(crate) struct NotReplayable;
 
-impl Body for ReplayBody {
+impl<B> Body for ReplayBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -188,7 +192,7 @@ impl Body for ReplayBody {
                 shared.source = None;
                 shared.overflowed = true;
                 this.broken = true;
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
@@ -231,5 +235,116 @@ impl Body for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         self.lock().hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    /// A client body of fixed frames.
+    #[derive(Debug)]
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
+        hint: SizeHint,
+    }
+
+    fn frames(data: &[&'static str], trailers: bool) -> Frames {
+        let mut frames: VecDeque<_> = data
+            .iter()
+            .map(|d| Frame::data(Bytes::from_static(d.as_bytes())))
+            .collect();
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            frames.push_back(Frame::trailers(t));
+        }
+        Frames {
+            frames,
+            hint: SizeHint::default(),
+        }
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.hint
+        }
+    }
+
+    /// Reads a view to its end: data and whether trailers came.
+    async fn read_all(mut body: ReplayBody<Frames>) -> Result<(String, bool), BoxError> {
+        let mut data = String::new();
+        let mut trailers = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Some(d) = frame.data_ref() {
+                data.push_str(std::str::from_utf8(d).unwrap_or("?"));
+            } else if frame.is_trailers() {
+                trailers = true;
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    #[tokio::test]
+    async fn a_retry_replays_the_same_bytes_and_trailers() {
+        let body = ReplayBody::new(frames(&["ab", "cd"], true), 64);
+        assert_eq!(
+            read_all(body.replay()).await.unwrap(),
+            ("abcd".into(), true)
+        );
+        assert_eq!(
+            read_all(body.replay()).await.unwrap(),
+            ("abcd".into(), true)
+        );
+        assert!(!body.overflowed());
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_partial_read_replays_then_continues_from_the_client() {
+        let body = ReplayBody::new(frames(&["one,", "two,", "three"], false), 64);
+        let mut first = body.replay();
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "one,");
+        drop(first); // the attempt failed with the body half sent
+        assert_eq!(
+            read_all(body.replay()).await.unwrap(),
+            ("one,two,three".into(), false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_outgrowing_the_limit_streams_once_and_cannot_be_replayed() {
+        let body = ReplayBody::new(frames(&["abc", "def", "ghi"], true), 4);
+        assert_eq!(
+            read_all(body.replay()).await.unwrap(),
+            ("abcdefghi".into(), true)
+        );
+        assert!(body.overflowed());
+        assert!(read_all(body.replay()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_over_the_limit_is_known_unreplayable_at_once() {
+        let mut client = frames(&["abcdef"], false);
+        client.hint = SizeHint::with_exact(6);
+        let body = ReplayBody::new(client, 4);
+        assert!(body.overflowed(), "known before a byte is read");
+        // The first attempt still streams it whole.
+        assert_eq!(
+            read_all(body.replay()).await.unwrap(),
+            ("abcdef".into(), false)
+        );
+        assert_eq!(body.size_hint().exact(), Some(6));
     }
 }

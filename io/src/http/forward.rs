@@ -36,6 +36,11 @@ pub(crate) async fn handle<N: Network>(
     if let Err(e) = headers::check_request(&req, &proxy.config) {
         return e.response(grpc);
     }
+    if version == HttpVersion::Http2 && req.method() == http::Method::CONNECT {
+        // An HTTP/2 CONNECT is a stream, not a connection to hand over;
+        // tunnelling it is not supported, whatever `allow_connect` says.
+        return ProxyError::ConnectNotAllowed.response(grpc);
+    }
     let now = proxy.now();
     let routed = match destination.route(&Head(&req), now) {
         Ok(r) => r,
