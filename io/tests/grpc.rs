@@ -9,6 +9,8 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,9 +36,10 @@ fn msg(text: &str) -> Msg {
     }
 }
 
-/// Unary: echoes, or fails with NOT_FOUND for "missing".
+/// Unary: echoes, fails with NOT_FOUND for "missing", and with UNAVAILABLE
+/// for the first "flaky" call of each server.
 #[derive(Clone)]
-struct Unary;
+struct Unary(Arc<AtomicUsize>);
 
 impl tonic::codegen::Service<Request<Msg>> for Unary {
     type Response = Response<Msg>;
@@ -46,10 +49,14 @@ impl tonic::codegen::Service<Request<Msg>> for Unary {
         Poll::Ready(Ok(()))
     }
     fn call(&mut self, req: Request<Msg>) -> Self::Future {
+        let flaky = self.0.clone();
         Box::pin(async move {
             let m = req.into_inner();
             if m.text == "missing" {
                 return Err(Status::not_found("no such thing"));
+            }
+            if m.text == "flaky" && flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(Status::unavailable("warming up"));
             }
             Ok(Response::new(msg(&format!("unary:{}", m.text))))
         })
@@ -85,30 +92,45 @@ impl tonic::codegen::Service<Request<Streaming<Msg>>> for Bidi {
 
 /// A gRPC server: tonic's server codec under hyper's HTTP/2.
 async fn grpc_server() -> SocketAddr {
+    grpc_server_counting().await.0
+}
+
+/// A gRPC server, and how many unary calls it has received.
+async fn grpc_server_counting() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
+            let (flaky, c) = (flaky.clone(), c.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
-                        let res = match req.uri().path() {
-                            "/test.Echo/Unary" => grpc.unary(Unary, req).await,
-                            "/test.Echo/Bidi" => grpc.streaming(Bidi, req).await,
-                            _ => Status::unimplemented("no").into_http(),
-                        };
-                        Ok::<_, Infallible>(res)
-                    },
-                );
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (flaky, c) = (flaky.clone(), c.clone());
+                        async move {
+                            let mut grpc =
+                                tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
+                            let res = match req.uri().path() {
+                                "/test.Echo/Unary" => {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                    grpc.unary(Unary(flaky), req).await
+                                }
+                                "/test.Echo/Bidi" => grpc.streaming(Bidi, req).await,
+                                _ => Status::unimplemented("no").into_http(),
+                            };
+                            Ok::<_, Infallible>(res)
+                        }
+                    });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
             });
         }
     });
-    addr
+    (addr, calls)
 }
 
 async fn channel(addr: SocketAddr) -> tonic::client::Grpc<Channel> {
@@ -228,4 +250,54 @@ async fn grpc_client_sees_unavailable_when_no_endpoints() {
             .unwrap(),
         "no-endpoints"
     );
+}
+
+#[tokio::test]
+async fn grpc_unavailable_is_retried_on_a_grpc_route() {
+    let (server, calls) = grpc_server_counting().await;
+    let discovery = StaticDiscovery::new();
+    let dst = "127.0.0.1:6".parse().unwrap();
+    let mut svc = Service::with_endpoints([needle_io::discovery::Endpoint::new(server)]);
+    svc.routes = vec![needle_core::route::Route {
+        namespace: "ns".into(),
+        name: "grpc".into(),
+        created: 0,
+        rules: vec![needle_core::route::Rule {
+            matches: vec![],
+            timeouts: needle_core::retry::Timeouts::default(),
+            // gRPC calls are all POSTs: the route vouches they may be retried.
+            retry: needle_core::retry::RetryPolicy::grpc(),
+            backends: needle_core::route::Split::single("default".to_owned()),
+        }],
+    }];
+    discovery.set(dst, svc);
+    let (addr, _) = proxy(
+        discovery.clone(),
+        HttpConfig::default(),
+        HttpVersion::Http2,
+        dst,
+    )
+    .await;
+    let mut client = channel(addr).await;
+    let got = unary(&mut client, "flaky").await.unwrap();
+    assert_eq!(got.text, "unary:flaky");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "UNAVAILABLE, then the retry"
+    );
+}
+
+#[tokio::test]
+async fn grpc_unavailable_is_not_retried_by_default() {
+    let (server, calls) = grpc_server_counting().await;
+    let (addr, _, _) = proxy_to(&[server], HttpConfig::default(), HttpVersion::Http2).await;
+    let mut client = channel(addr).await;
+    let err = unary(&mut client, "flaky").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.metadata().get("needle-error").is_none(),
+        "the server's own status"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

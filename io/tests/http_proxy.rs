@@ -970,3 +970,32 @@ async fn h2_max_concurrent_streams_is_advertised() {
     // The server's SETTINGS have been applied by the time a response came.
     assert_eq!(client.current_max_send_streams(), 7);
 }
+
+#[tokio::test]
+async fn endpoint_closing_each_connection_does_not_fail_requests() {
+    // The endpoint answers `Connection: close`: every pooled connection
+    // dies right after its response. The pool must notice, not hand it out.
+    let b = backend(|_req| async move {
+        Response::builder()
+            .header("connection", "close")
+            .body(full("bye"))
+            .unwrap()
+    })
+    .await;
+    let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
+    let mut client = h1_client(addr).await;
+    for i in 0..10 {
+        let req = Request::post("/")
+            .header("host", "a")
+            .body(full(format!("n{i}")))
+            .unwrap();
+        let res = client.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+        assert_eq!(text(res).await, "bye");
+    }
+    assert_eq!(
+        b.requests(),
+        10,
+        "each POST reached the endpoint exactly once"
+    );
+}
