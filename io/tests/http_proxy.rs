@@ -999,3 +999,30 @@ async fn endpoint_closing_each_connection_does_not_fail_requests() {
         "each POST reached the endpoint exactly once"
     );
 }
+
+#[tokio::test]
+async fn a_retry_with_no_endpoint_left_answers_with_the_last_response() {
+    let (b, _) = flaky_backend(usize::MAX).await;
+    // One failure ejects: the retry finds no endpoint to go to.
+    let config = HttpConfig {
+        balance: needle_core::balance::BalanceConfig {
+            accrual: needle_core::accrual::AccrualConfig {
+                mode: needle_core::accrual::AccrualMode::ConsecutiveFailures(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..HttpConfig::default()
+    };
+    let (addr, _, _) = proxy_to(&[b.addr], config, HttpVersion::Http1).await;
+    let mut client = h1_client(addr).await;
+    let res = client.send_request(get("/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        needle_error(&res),
+        None,
+        "the endpoint's own answer, not Needle's"
+    );
+    assert_eq!(text(res).await, "busy");
+    assert_eq!(b.requests(), 1);
+}

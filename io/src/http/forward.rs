@@ -69,7 +69,7 @@ pub(crate) async fn handle<N: Network>(
     let policy = &routed.retry;
     let mut state = destination.start_retries(now, policy, routed.timeouts, &meta);
     // The last attempt's answer: what the client gets if retries stop.
-    let mut last: Result<Response<ProxyBody>, ProxyError> = Err(ProxyError::Timeout);
+    let mut last: Option<Result<Response<ProxyBody>, ProxyError>> = None;
     loop {
         let step = match state.step() {
             Step::Attempt { deadline, number } => {
@@ -82,16 +82,22 @@ pub(crate) async fn handle<N: Network>(
                 };
                 let inflight = match destination.pick(&routed.backend, proxy.now()) {
                     Ok(f) => f,
-                    // No endpoint to try: fail fast, whatever the attempt.
-                    Err(e) => return e.response(grpc),
+                    // No endpoint to try: fail fast. A retry that finds none
+                    // answers with what the previous attempt got, which says
+                    // more than "no endpoints" about the request itself.
+                    Err(e) if number == 1 => return e.response(grpc),
+                    Err(_) => break,
                 };
+                // The previous attempt's answer is dropped only now that
+                // another attempt replaces it.
+                drop(last.take());
                 debug!(attempt = number, endpoint = %inflight.client.addr(), "forwarding");
                 // An attempt cut short by its own per-try timeout (rather
                 // than by the request's deadline) is the endpoint's failure.
                 let per_try = deadline.is_some() && deadline != state.deadline();
                 let (outcome, answer) =
                     attempt_once(&proxy, version, inflight, attempt, deadline, per_try).await;
-                last = answer;
+                last = Some(answer);
                 if body.overflowed() {
                     state.replay_buffer_overflowed();
                 }
@@ -100,28 +106,33 @@ pub(crate) async fn handle<N: Network>(
                         destination.on_outcome(&mut state, proxy.now(), outcome, policy)
                     }
                     // The attempt's deadline passed.
-                    None => destination.on_timeout(&mut state, proxy.now(), policy),
+                    None => {
+                        let now = proxy.now();
+                        match destination.on_timeout(&mut state, now, policy) {
+                            // The timer fired a hair early for the core's
+                            // clock: report the per-try timeout outright
+                            // rather than send the same attempt again.
+                            Step::Attempt { number: n, .. } if n == number => destination
+                                .on_outcome(&mut state, now, AttemptOutcome::PerTryTimeout, policy),
+                            step => step,
+                        }
+                    }
                 }
             }
             Step::Backoff { until } => {
                 tokio::time::sleep_until(proxy.tokio_instant(until)).await;
                 destination.on_timeout(&mut state, proxy.now(), policy)
             }
-            Step::Finish(finish) => {
-                if finish == Finish::DeadlineExceeded {
-                    return ProxyError::Timeout.response(grpc);
-                }
-                return match last {
-                    Ok(res) => res,
-                    Err(e) => e.response(grpc),
-                };
-            }
+            Step::Finish(Finish::DeadlineExceeded) => return ProxyError::Timeout.response(grpc),
+            Step::Finish(_) => break,
             _ => return ProxyError::Upstream.response(grpc),
         };
-        if let Step::Backoff { .. } = step {
-            // The failed attempt's response is discarded: it is being retried.
-            last = Err(ProxyError::Upstream);
-        }
+        debug!(?step, "retry state");
+    }
+    match last {
+        Some(Ok(res)) => res,
+        Some(Err(e)) => e.response(grpc),
+        None => ProxyError::Upstream.response(grpc),
     }
 }
 
