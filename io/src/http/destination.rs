@@ -285,7 +285,7 @@ fn apply<N: Network>(
     let mut backends = std::mem::take(&mut inner.backends);
     let mut wanted_addrs = BTreeSet::new();
     for backend in &service.backends {
-        let state = backends.remove(&backend.name).unwrap_or_else(|| {
+        let mut state = backends.remove(&backend.name).unwrap_or_else(|| {
             inner.next_epoch += 1;
             BackendState {
                 balancer: Balancer::new(config.balance),
@@ -293,7 +293,6 @@ fn apply<N: Network>(
                 addrs: BTreeSet::new(),
             }
         });
-        let mut state = state;
         let wanted: BTreeMap<SocketAddr, u32> = backend
             .endpoints
             .iter()
