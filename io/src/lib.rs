@@ -13,9 +13,15 @@
 //! - [`opaque`]: forwards opaque TCP with half-close, idle timeout, counts.
 //! - [`proxy`]: a port's accept loop and one connection's life.
 //! - [`prefixed`]: a stream with the bytes detection read put back in front.
+//! - [`http`]: HTTP/1.1 and HTTP/2 (gRPC) proxying: routes, balancing,
+//!   retries, per-endpoint connections, upgrades, protections.
+//! - [`discovery`]: where a destination's requests may go, watched for
+//!   changes.
 
 pub mod clock;
 pub mod detect;
+pub mod discovery;
+pub mod http;
 pub mod net;
 pub mod opaque;
 mod original_dst;

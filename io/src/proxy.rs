@@ -6,7 +6,9 @@
 //! 2. Detect the protocol (the core decides; [`crate::detect`] drives it and
 //!    keeps server-speaks-first protocols from stalling).
 //! 3. Hand the connection, with the detected bytes put back in front, to
-//!    the handler for its protocol.
+//!    the handler for its protocol: HTTP/1 and HTTP/2 to the HTTP proxy
+//!    (request-level routing, balancing and retries), everything else
+//!    forwarded byte for byte.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::detect::{DetectSettings, Detected, detect};
+use crate::discovery::StaticDiscovery;
+use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
 use crate::net::{Connection, Listener, Network};
 use crate::opaque::{self, ForwardError, Transferred};
 use crate::prefixed::Prefixed;
@@ -76,6 +80,9 @@ pub enum ConnectionError {
     /// Forwarding ended with an error.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// Serving an HTTP connection failed at the HTTP layer.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// How a served connection ended.
@@ -85,8 +92,9 @@ pub struct Served {
     pub protocol: Protocol,
     /// Where it went.
     pub dst: SocketAddr,
-    /// Bytes moved.
-    pub transferred: Transferred,
+    /// Bytes moved, for connections forwarded byte for byte; `None` for
+    /// HTTP connections, whose requests are accounted one by one.
+    pub transferred: Option<Transferred>,
 }
 
 /// A proxy port: accepts connections and serves each on its own task.
@@ -95,15 +103,29 @@ pub struct Port<N: Network> {
     network: N,
     config: PortConfig,
     clock: Clock,
+    http: Arc<HttpProxy<N>>,
 }
 
 impl<N: Network> Port<N> {
-    /// A port that dials through `network`.
+    /// A port that dials through `network`, proxying HTTP with default
+    /// settings to each destination itself (no discovery).
     pub fn new(network: N, config: PortConfig) -> Arc<Self> {
+        let http = HttpProxy::new(
+            network.clone(),
+            HttpConfig::default(),
+            StaticDiscovery::new(),
+        );
+        Port::with_http(network, config, http)
+    }
+
+    /// A port whose HTTP connections go to `http` (its configuration and
+    /// discovery decide routes, balancing and retries).
+    pub fn with_http(network: N, config: PortConfig, http: Arc<HttpProxy<N>>) -> Arc<Self> {
         Arc::new(Port {
             network,
             config,
             clock: Clock::start(),
+            http,
         })
     }
 
@@ -122,8 +144,7 @@ impl<N: Network> Port<N> {
                         tokio::spawn(async move {
                             match port.serve(conn).await {
                                 Ok(served) => debug!(%peer, dst = %served.dst, protocol = ?served.protocol,
-                                    up = served.transferred.client_to_server,
-                                    down = served.transferred.server_to_client, "connection closed"),
+                                    transferred = ?served.transferred, "connection closed"),
                                 Err(error) => info!(%peer, %error, "connection failed"),
                             }
                         });
@@ -163,16 +184,32 @@ impl<N: Network> Port<N> {
         .map_err(ConnectionError::Detect)?;
         let dst = dst.ok_or(ConnectionError::NoDestination)?;
         debug!(%dst, ?protocol, "detected");
+        let client = Prefixed::new(buffered, conn);
+        let version = match protocol {
+            Protocol::Http1 { .. } => Some(HttpVersion::Http1),
+            Protocol::Http2 => Some(HttpVersion::Http2),
+            _ => None,
+        };
+        if let Some(version) = version {
+            // Requests are balanced per request: a connection dialled ahead
+            // for a server-first protocol is not needed, so it is closed.
+            drop(upstream);
+            self.http.serve(client, version, dst).await?;
+            return Ok(Served {
+                protocol,
+                dst,
+                transferred: None,
+            });
+        }
         let upstream = match upstream {
             Some(upstream) => upstream,
             None => self.connect(dst).await?,
         };
-        let client = Prefixed::new(buffered, conn);
         let transferred = opaque::forward(client, upstream, self.config.idle_timeout).await?;
         Ok(Served {
             protocol,
             dst,
-            transferred,
+            transferred: Some(transferred),
         })
     }
 

@@ -1,6 +1,7 @@
 //! One connection's life through a Needle port, over real loopback sockets:
 //! opaque forwarding with half-close, a server-speaks-first protocol with no
-//! stall, a silent client, the idle timeout, and the error paths.
+//! stall, a silent client, HTTP handed to the HTTP proxy, the idle timeout,
+//! and the error paths.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,8 +99,8 @@ async fn opaque_bytes_pass_both_ways_with_half_close() {
         served.protocol,
         Protocol::Opaque(OpaqueReason::Unrecognized(_))
     ));
-    assert_eq!(served.transferred.client_to_server, 15);
-    assert_eq!(served.transferred.server_to_client, 15);
+    assert_eq!(served.transferred.unwrap().client_to_server, 15);
+    assert_eq!(served.transferred.unwrap().server_to_client, 15);
 }
 
 #[tokio::test]
@@ -156,23 +157,77 @@ async fn a_silent_client_and_silent_server_become_opaque_at_the_deadline() {
     );
 }
 
-#[tokio::test]
-async fn an_http_client_is_detected_and_its_bytes_replayed() {
-    let server = upper_server().await;
-    let (proxy, served) = port(to(server)).await;
+/// A minimal HTTP/1.1 origin: reads one request head, answers with the
+/// request line it saw, and closes.
+async fn http_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap() == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let line = head.split(|&b| b == b'\r').next().unwrap().to_vec();
+                let mut response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    line.len()
+                )
+                .into_bytes();
+                response.extend_from_slice(&line);
+                conn.write_all(&response).await.unwrap();
+                conn.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one raw HTTP/1.1 request and returns the whole response.
+async fn http_get(proxy: SocketAddr, path: &str) -> String {
     let mut client = TcpStream::connect(proxy).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    client.shutdown().await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     client.read_to_end(&mut answer).await.unwrap();
-    assert_eq!(answer, b"GET / HTTP/1.1\r\nHOST: X\r\n\r\n");
-    assert!(matches!(
-        served.await.unwrap().unwrap().protocol,
-        Protocol::Http1 { .. }
-    ));
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn an_http_client_goes_through_the_http_proxy() {
+    let origin = http_origin().await;
+    let (proxy, served) = port(to(origin)).await;
+    let answer = http_get(proxy, "/hello?x=1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("GET /hello?x=1 HTTP/1.1"), "{answer}");
+    let served = served.await.unwrap().unwrap();
+    assert!(matches!(served.protocol, Protocol::Http1 { .. }));
+    assert_eq!(
+        served.transferred, None,
+        "HTTP is accounted per request, not as bytes"
+    );
+}
+
+#[tokio::test]
+async fn an_http_request_to_a_refused_destination_gets_502_with_a_reason() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (proxy, _served) = port(to(closed)).await;
+    let answer = http_get(proxy, "/").await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("needle-error:"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]

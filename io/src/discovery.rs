@@ -1,0 +1,121 @@
+//! Where a destination's requests may go: its backends, their endpoints and
+//! its routes.
+//!
+//! The proxy asks [`Discovery`] once per destination address and then
+//! *watches* the answer: discovery publishes a new [`Service`] whenever
+//! endpoints come and go or routes change, and the proxy applies it before
+//! the next request to that destination, while earlier requests finish on
+//! the connections they already hold. A `tokio::sync::watch` channel is the
+//! whole protocol: the proxy only ever needs the latest value.
+//!
+//! [`StaticDiscovery`] is the in-memory source (tests, and fixed
+//! configuration); file and DNS sources come with the sidecar.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use needle_core::route::{HttpMatch, Route};
+use tokio::sync::watch;
+
+/// One endpoint of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Balancer weight (0: known but takes no traffic).
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// An endpoint of weight 1.
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint { addr, weight: 1 }
+    }
+}
+
+/// A named set of endpoints that a route's split sends traffic to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The name routes refer to it by.
+    pub name: String,
+    /// Its endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything the proxy needs to know to send a destination's requests.
+#[derive(Clone, Debug, Default)]
+pub struct Service {
+    /// The backends, by name.
+    pub backends: Vec<Backend>,
+    /// HTTPRoutes whose splits name backends. Empty: every request goes to
+    /// every backend in equal shares, with the proxy's default timeouts and
+    /// retry policy.
+    pub routes: Vec<Route<HttpMatch, String>>,
+}
+
+impl Service {
+    /// A service with a single backend `default` over `endpoints`.
+    pub fn with_endpoints(endpoints: impl IntoIterator<Item = Endpoint>) -> Self {
+        Service {
+            backends: vec![Backend {
+                name: "default".to_owned(),
+                endpoints: endpoints.into_iter().collect(),
+            }],
+            routes: Vec::new(),
+        }
+    }
+
+    /// What an unknown destination resolves to: itself, as its only endpoint
+    /// (the client already said where it wanted to go).
+    pub fn passthrough(dst: SocketAddr) -> Self {
+        Service::with_endpoints([Endpoint::new(dst)])
+    }
+}
+
+/// A source of services, watched for changes.
+pub trait Discovery: Send + Sync + 'static {
+    /// The service behind destination `dst`, and its future updates.
+    fn resolve(&self, dst: SocketAddr) -> watch::Receiver<Arc<Service>>;
+}
+
+/// In-memory discovery, updatable at run time.
+///
+/// A destination it was never told about resolves to itself
+/// ([`Service::passthrough`]); [`set`](Self::set) later replaces that too.
+#[derive(Debug, Default)]
+pub struct StaticDiscovery {
+    services: Mutex<BTreeMap<SocketAddr, watch::Sender<Arc<Service>>>>,
+}
+
+impl StaticDiscovery {
+    /// An empty source.
+    pub fn new() -> Arc<Self> {
+        Arc::new(StaticDiscovery::default())
+    }
+
+    /// Publishes `service` for `dst`; watchers see it before their next
+    /// request.
+    pub fn set(&self, dst: SocketAddr, service: Service) {
+        let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        let service = Arc::new(service);
+        match services.get(&dst) {
+            Some(tx) => {
+                tx.send_replace(service);
+            }
+            None => {
+                services.insert(dst, watch::channel(service).0);
+            }
+        }
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn resolve(&self, dst: SocketAddr) -> watch::Receiver<Arc<Service>> {
+        let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        services
+            .entry(dst)
+            .or_insert_with(|| watch::channel(Arc::new(Service::passthrough(dst))).0)
+            .subscribe()
+    }
+}

@@ -1,0 +1,148 @@
+//! What a request's head must satisfy before it is forwarded, and the
+//! headers that belong to one hop and must not cross the proxy.
+//!
+//! hyper already refuses malformed HTTP/1 framing (see `docs/data-plane.md`
+//! for the list and the tests that pin it), and for a request carrying both
+//! `Content-Length` and `Transfer-Encoding` it drops the length, frames by
+//! the chunked encoding and closes the connection after answering, as RFC
+//! 9112 §6.1 requires; h2 refuses connection-specific fields. Since Needle
+//! re-frames every request it forwards, the endpoint cannot read a message
+//! boundary differently from Needle. What is left here is Needle's own
+//! request-target limit and header count/size limits, which also apply to
+//! HTTP/2 requests.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request};
+use needle_core::route::RequestHead;
+
+use super::config::HttpConfig;
+use super::errors::ProxyError;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Checks a request against the limits and framing rules.
+pub(crate) fn check_request<B>(req: &Request<B>, config: &HttpConfig) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT && !config.allow_connect {
+        return Err(ProxyError::ConnectNotAllowed);
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > config.max_uri_len {
+        return Err(ProxyError::UriTooLong);
+    }
+    let headers = req.headers();
+    if headers.len() > config.max_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    // name: value\r\n, as HTTP/1 would carry it.
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > config.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Whether the request asks to switch protocols on this connection
+/// (WebSocket and friends), which only HTTP/1 can do.
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay: they are
+/// the request to switch protocols the next hop must see.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+    }
+    // `TE` is hop-by-hop, but `TE: trailers` is how gRPC says it understands
+    // trailers, and it means the same on the next hop.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// Whether the request is a gRPC call (it then gets gRPC-shaped errors).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The gRPC status of a trailers-only response, if this is one.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A request as route matching sees it.
+#[derive(Debug)]
+pub(crate) struct Head<'a, B>(pub(crate) &'a Request<B>);
+
+impl<B> RequestHead for Head<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri().path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    fn has_header(&self, name: &str, value: &str) -> bool {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes())
+    }
+}
