@@ -157,8 +157,8 @@ async fn a_silent_client_and_silent_server_become_opaque_at_the_deadline() {
     );
 }
 
-/// A minimal HTTP/1.1 origin: reads one request head, answers with the
-/// request line it saw, and closes.
+/// A minimal, old-fashioned origin: reads one request head, answers in
+/// HTTP/1.0 with the request line it saw, and closes.
 async fn http_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -176,7 +176,7 @@ async fn http_origin() -> SocketAddr {
                 }
                 let line = head.split(|&b| b == b'\r').next().unwrap().to_vec();
                 let mut response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.0 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     line.len()
                 )
                 .into_bytes();
@@ -204,6 +204,8 @@ async fn an_http_client_goes_through_the_http_proxy() {
     let origin = http_origin().await;
     let (proxy, served) = port(to(origin)).await;
     let answer = http_get(proxy, "/hello?x=1").await;
+    // Our client hears HTTP/1.1 from us, whatever the origin spoke.
+    // Our client hears HTTP/1.1 from us, whatever the origin spoke.
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("GET /hello?x=1 HTTP/1.1"), "{answer}");
     let served = served.await.unwrap().unwrap();

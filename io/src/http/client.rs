@@ -165,10 +165,14 @@ impl<N: Network> EndpointClient<N> {
             },
             None => self.connect_h1().await?,
         };
-        let res = sender
+        let mut res = sender
             .send_request(req)
             .await
             .map_err(SendError::classify)?;
+        // Versions are hop-by-hop: we answer our client in our own version
+        // (hyper still speaks HTTP/1.0 to an HTTP/1.0 client), never in the
+        // endpoint's, which would also switch off chunked framing.
+        *res.version_mut() = http::Version::HTTP_11;
         let upgraded = res.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let pool = (reusable && !upgraded).then(|| Arc::downgrade(self));
         Ok(res.map(|body| {
