@@ -205,7 +205,6 @@ async fn an_http_client_goes_through_the_http_proxy() {
     let (proxy, served) = port(to(origin)).await;
     let answer = http_get(proxy, "/hello?x=1").await;
     // Our client hears HTTP/1.1 from us, whatever the origin spoke.
-    // Our client hears HTTP/1.1 from us, whatever the origin spoke.
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("GET /hello?x=1 HTTP/1.1"), "{answer}");
     let served = served.await.unwrap().unwrap();
