@@ -1026,3 +1026,89 @@ async fn a_retry_with_no_endpoint_left_answers_with_the_last_response() {
     assert_eq!(text(res).await, "busy");
     assert_eq!(b.requests(), 1);
 }
+
+/// Blue-green and canary through the proxy: a route splits 3:1 between two
+/// backends, another route sends requests carrying `x-canary: yes` to the
+/// canary alone, and re-weighting at run time through discovery moves
+/// traffic without a restart.
+#[tokio::test]
+async fn routes_split_traffic_by_weight_and_header() {
+    let stable = ok_backend("stable", Duration::ZERO).await;
+    let canary = ok_backend("canary", Duration::ZERO).await;
+    let discovery = StaticDiscovery::new();
+    let dst = "127.0.0.1:9".parse().unwrap();
+    let service = |stable_weight: u32, canary_weight: u32| Service {
+        backends: vec![
+            SvcBackend {
+                name: "stable".into(),
+                endpoints: vec![Endpoint::new(stable.addr)],
+            },
+            SvcBackend {
+                name: "canary".into(),
+                endpoints: vec![Endpoint::new(canary.addr)],
+            },
+        ],
+        routes: vec![Route {
+            namespace: "ns".into(),
+            name: "web".into(),
+            created: 0,
+            rules: vec![
+                Rule {
+                    matches: vec![HttpMatch::path(PathMatch::prefix("/"))],
+                    timeouts: Timeouts::default(),
+                    retry: RetryPolicy::default(),
+                    backends: Split::new([
+                        ("stable".to_owned(), stable_weight),
+                        ("canary".to_owned(), canary_weight),
+                    ]),
+                },
+                Rule {
+                    matches: vec![
+                        HttpMatch::path(PathMatch::prefix("/"))
+                            .with_header(needle_core::route::HeaderMatch::exact("x-canary", "yes")),
+                    ],
+                    timeouts: Timeouts::default(),
+                    retry: RetryPolicy::default(),
+                    backends: Split::single("canary".to_owned()),
+                },
+            ],
+        }],
+    };
+    discovery.set(dst, service(3, 1));
+    let (addr, _) = proxy(
+        discovery.clone(),
+        HttpConfig::default(),
+        HttpVersion::Http1,
+        dst,
+    )
+    .await;
+    let mut client = h1_client(addr).await;
+
+    let mut to_canary = 0;
+    for _ in 0..400 {
+        let res = client.send_request(get("/page")).await.unwrap();
+        if text(res).await == "canary" {
+            to_canary += 1;
+        }
+    }
+    // The split is a deterministic weighted round-robin: exactly a quarter.
+    assert_eq!(to_canary, 100, "3:1 split");
+
+    for _ in 0..20 {
+        let req = Request::get("/page")
+            .header("x-canary", "yes")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let res = client.send_request(req).await.unwrap();
+        assert_eq!(text(res).await, "canary", "the header route wins");
+    }
+
+    // Promote: all traffic to the canary, published while the client's
+    // connection stays open.
+    discovery.set(dst, service(0, 1));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..50 {
+        let res = client.send_request(get("/page")).await.unwrap();
+        assert_eq!(text(res).await, "canary", "weight 0 is never picked");
+    }
+}
