@@ -85,8 +85,30 @@ pub trait Discovery: Send + Sync + 'static {
 /// ([`Service::passthrough`]); [`set`](Self::set) later replaces that too.
 #[derive(Debug, Default)]
 pub struct StaticDiscovery {
-    services: Mutex<BTreeMap<SocketAddr, watch::Sender<Arc<Service>>>>,
+    services: Mutex<Services>,
 }
+
+/// The services published, and the passthrough ones handed out for
+/// destinations nobody described.
+#[derive(Debug, Default)]
+struct Services {
+    by_dst: BTreeMap<SocketAddr, Published>,
+    /// How many passthrough entries trigger the next prune (doubles, so a
+    /// prune costs O(1) per resolve on average).
+    prune_at: usize,
+}
+
+#[derive(Debug)]
+struct Published {
+    tx: watch::Sender<Arc<Service>>,
+    /// Set through [`StaticDiscovery::set`]: kept for good. Passthrough
+    /// entries are dropped once nobody watches them, so resolving many
+    /// different destinations does not grow the map without bound.
+    explicit: bool,
+}
+
+/// The fewest passthrough entries worth pruning for.
+const MIN_PRUNE_AT: usize = 64;
 
 impl StaticDiscovery {
     /// An empty source.
@@ -99,23 +121,89 @@ impl StaticDiscovery {
     pub fn set(&self, dst: SocketAddr, service: Service) {
         let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
         let service = Arc::new(service);
-        match services.get(&dst) {
-            Some(tx) => {
-                tx.send_replace(service);
+        match services.by_dst.get_mut(&dst) {
+            Some(published) => {
+                published.explicit = true;
+                published.tx.send_replace(service);
             }
             None => {
-                services.insert(dst, watch::channel(service).0);
+                let tx = watch::channel(service).0;
+                services
+                    .by_dst
+                    .insert(dst, Published { tx, explicit: true });
             }
         }
+    }
+
+    /// How many destinations the source holds an entry for.
+    pub fn len(&self) -> usize {
+        self.services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_dst
+            .len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 impl Discovery for StaticDiscovery {
     fn resolve(&self, dst: SocketAddr) -> watch::Receiver<Arc<Service>> {
         let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        if !services.by_dst.contains_key(&dst) && services.by_dst.len() >= services.prune_at {
+            services
+                .by_dst
+                .retain(|_, p| p.explicit || p.tx.receiver_count() > 0);
+            services.prune_at = (services.by_dst.len() * 2).max(MIN_PRUNE_AT);
+        }
         services
+            .by_dst
             .entry(dst)
-            .or_insert_with(|| watch::channel(Arc::new(Service::passthrough(dst))).0)
+            .or_insert_with(|| Published {
+                tx: watch::channel(Arc::new(Service::passthrough(dst))).0,
+                explicit: false,
+            })
+            .tx
             .subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u32) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 80))
+    }
+
+    /// Resolving ever more destinations nobody described keeps the source
+    /// bounded: passthrough entries without watchers are pruned, while
+    /// published services and watched passthroughs stay.
+    #[test]
+    fn passthrough_entries_nobody_watches_are_pruned() {
+        let discovery = StaticDiscovery::new();
+        discovery.set(addr(0), Service::passthrough(addr(0)));
+        let watched = discovery.resolve(addr(1));
+        for i in 2..10_000 {
+            drop(discovery.resolve(addr(i)));
+            assert!(
+                discovery.len() <= 2 * MIN_PRUNE_AT + 2,
+                "grew to {}",
+                discovery.len()
+            );
+        }
+        let services = discovery.services.lock().unwrap();
+        assert!(
+            services.by_dst.contains_key(&addr(0)),
+            "published service kept"
+        );
+        assert!(
+            services.by_dst.contains_key(&addr(1)),
+            "watched passthrough kept"
+        );
+        drop(watched);
     }
 }

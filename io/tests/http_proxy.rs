@@ -1112,3 +1112,50 @@ async fn routes_split_traffic_by_weight_and_header() {
         assert_eq!(text(res).await, "canary", "weight 0 is never picked");
     }
 }
+
+/// A proxy that sees many destinations forgets those no connection has
+/// used for `destination_idle_timeout`, so its memory stays bounded.
+#[tokio::test]
+async fn idle_destinations_are_forgotten() {
+    let mut backends = Vec::new();
+    for _ in 0..5 {
+        backends.push(ok_backend("hi", Duration::ZERO).await);
+    }
+    let config = HttpConfig {
+        destination_idle_timeout: Duration::from_millis(100),
+        ..HttpConfig::default()
+    };
+    let proxy =
+        needle_io::http::HttpProxy::new(needle_io::net::TokioNet, config, StaticDiscovery::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // One client connection, to the destination `dst`, answered once.
+    let one_request = |dst: std::net::SocketAddr| {
+        let proxy = proxy.clone();
+        let listener = &listener;
+        async move {
+            let client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let serving =
+                tokio::spawn(async move { proxy.serve(server, HttpVersion::Http1, dst).await });
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                    .await
+                    .unwrap();
+            let driving = tokio::spawn(conn);
+            let res = sender.send_request(get("/")).await.unwrap();
+            assert_eq!(text(res).await, "hi");
+            drop(sender);
+            driving.await.unwrap().unwrap();
+            serving.await.unwrap().unwrap();
+        }
+    };
+    for b in &backends {
+        one_request(b.addr).await;
+    }
+    assert_eq!(proxy.destinations_cached(), 5);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The next connection sweeps: the four idle destinations are forgotten.
+    one_request(backends[0].addr).await;
+    assert_eq!(proxy.destinations_cached(), 1);
+}

@@ -74,6 +74,11 @@ pub struct HttpConfig {
     pub retry_budget: BudgetConfig,
     /// Each backend's balancer (RTT prior, decay, failure accrual).
     pub balance: BalanceConfig,
+    /// A destination with no client connection for this long is forgotten
+    /// (its balancer history and endpoint connections are dropped), so a
+    /// proxy that sees many destinations over time does not grow without
+    /// bound (default 10 min).
+    pub destination_idle_timeout: Duration,
     /// Whether hyper adds a `date` header to responses it generates (default
     /// true; the simulator turns it off, it reads the system clock).
     pub auto_date_header: bool,
@@ -104,6 +109,7 @@ impl Default for HttpConfig {
             default_retry: RetryPolicy::default(),
             retry_budget: BudgetConfig::default(),
             balance: BalanceConfig::default(),
+            destination_idle_timeout: Duration::from_secs(600),
             auto_date_header: true,
         }
     }

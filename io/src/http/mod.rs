@@ -85,7 +85,7 @@ pub struct HttpProxy<N: Network> {
     network: N,
     shared: Arc<ProxyShared>,
     discovery: Arc<dyn Discovery>,
-    destinations: Mutex<BTreeMap<SocketAddr, Arc<Destination<N>>>>,
+    destinations: Mutex<Destinations<N>>,
     /// Seeds each destination's RNG in the order destinations are first
     /// seen, so a simulation seed replays every draw.
     seeds: Mutex<StdRng>,
@@ -111,7 +111,10 @@ impl<N: Network> HttpProxy<N> {
                 clock: crate::clock::Clock::start(),
             }),
             discovery,
-            destinations: Mutex::new(BTreeMap::new()),
+            destinations: Mutex::new(Destinations {
+                by_addr: BTreeMap::new(),
+                next_sweep: tokio::time::Instant::now(),
+            }),
             seeds: Mutex::new(seeds),
         })
     }
@@ -173,28 +176,62 @@ impl<N: Network> HttpProxy<N> {
         .map_err(HttpError::Serve)
     }
 
-    /// The state of destination `dst`, created on first use.
-    fn destination(&self, dst: SocketAddr) -> Arc<Destination<N>> {
-        let mut destinations = self
-            .destinations
+    /// How many destinations the proxy currently keeps state for.
+    pub fn destinations_cached(&self) -> usize {
+        self.lock_destinations().by_addr.len()
+    }
+
+    fn lock_destinations(&self) -> std::sync::MutexGuard<'_, Destinations<N>> {
+        self.destinations
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        destinations
-            .entry(dst)
-            .or_insert_with(|| {
-                let seed = self
-                    .seeds
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .random();
-                Destination::new(
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state of destination `dst`, created on first use. Destinations
+    /// unused (no connection holds them) for `destination_idle_timeout` are
+    /// forgotten, in a sweep at most twice per timeout.
+    fn destination(&self, dst: SocketAddr) -> Arc<Destination<N>> {
+        let now = tokio::time::Instant::now();
+        let idle_timeout = self.shared.config.destination_idle_timeout;
+        let mut destinations = self.lock_destinations();
+        if now >= destinations.next_sweep {
+            destinations.by_addr.retain(|_, cached| {
+                Arc::strong_count(&cached.destination) > 1
+                    || now.saturating_duration_since(cached.last_used) < idle_timeout
+            });
+            destinations.next_sweep = now + idle_timeout / 2;
+        }
+        let cached = destinations.by_addr.entry(dst).or_insert_with(|| {
+            let seed = self
+                .seeds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .random();
+            Cached {
+                destination: Destination::new(
                     self.network.clone(),
                     self.shared.config.clone(),
                     self.discovery.resolve(dst),
                     seed,
                     self.shared.now(),
-                )
-            })
-            .clone()
+                ),
+                last_used: now,
+            }
+        });
+        cached.last_used = now;
+        cached.destination.clone()
     }
+}
+
+/// Every destination the proxy keeps state for.
+struct Destinations<N: Network> {
+    by_addr: BTreeMap<SocketAddr, Cached<N>>,
+    /// When unused entries are next looked for.
+    next_sweep: tokio::time::Instant,
+}
+
+/// One destination's state and when a connection last asked for it.
+struct Cached<N: Network> {
+    destination: Arc<Destination<N>>,
+    last_used: tokio::time::Instant,
 }
