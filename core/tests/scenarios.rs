@@ -111,77 +111,39 @@ fn balancer(n: usize) -> Balancer<usize> {
     b
 }
 
+/// The share of traffic one endpoint answering in `slow_ms` gets among nine
+/// answering in 10 ms, at 1,000 requests per second for a minute.
+fn slow_endpoint_share(slow_ms: u64, seed: u64) -> f64 {
+    let mut b = balancer(10);
+    let (picks, _) = run_balancer(
+        &mut b,
+        Load {
+            endpoints: 10,
+            gap: Duration::from_millis(1),
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(1),
+            seed,
+        },
+        |i, _| Duration::from_millis(if i == 0 { slow_ms } else { 10 }),
+        |_, _| true,
+        |_, _, _| {},
+    );
+    let total: u64 = picks.iter().sum();
+    let share = picks[0] as f64 / total as f64;
+    println!(
+        "slow endpoint ({slow_ms} ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
+        share * 100.0
+    );
+    share
+}
+
 #[test]
 fn scenario_slow_endpoint_gets_a_small_share() {
-    // Ten endpoints, nine answering in 10 ms and one in 100 ms, at 1,000
-    // requests per second for a minute. A fair share would be 10%.
-    let mut b = balancer(10);
-    let (picks, _) = run_balancer(
-        &mut b,
-        Load {
-            endpoints: 10,
-            gap: Duration::from_millis(1),
-            end: Instant::from_secs(60),
-            count_from: Instant::from_secs(1),
-            seed: 1,
-        },
-        |i, _| Duration::from_millis(if i == 0 { 100 } else { 10 }),
-        |_, _| true,
-        |_, _, _| {},
-    );
-    let total: u64 = picks.iter().sum();
-    let share = picks[0] as f64 / total as f64;
-    println!(
-        "slow endpoint (100 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
-        share * 100.0
-    );
-    assert!(share < 0.02, "slow endpoint share {share}");
-
-    // Ten times slower still: 1 s among 10 ms.
-    let mut b = balancer(10);
-    let (picks, _) = run_balancer(
-        &mut b,
-        Load {
-            endpoints: 10,
-            gap: Duration::from_millis(1),
-            end: Instant::from_secs(60),
-            count_from: Instant::from_secs(1),
-            seed: 2,
-        },
-        |i, _| Duration::from_millis(if i == 0 { 1000 } else { 10 }),
-        |_, _| true,
-        |_, _, _| {},
-    );
-    let total: u64 = picks.iter().sum();
-    let share = picks[0] as f64 / total as f64;
-    println!(
-        "slow endpoint (1 s among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
-        share * 100.0
-    );
-    assert!(share < 0.01, "slow endpoint share {share}");
-
-    // Only twice as slow: 20 ms among 10 ms.
-    let mut b = balancer(10);
-    let (picks, _) = run_balancer(
-        &mut b,
-        Load {
-            endpoints: 10,
-            gap: Duration::from_millis(1),
-            end: Instant::from_secs(60),
-            count_from: Instant::from_secs(1),
-            seed: 3,
-        },
-        |i, _| Duration::from_millis(if i == 0 { 20 } else { 10 }),
-        |_, _| true,
-        |_, _, _| {},
-    );
-    let total: u64 = picks.iter().sum();
-    let share = picks[0] as f64 / total as f64;
-    println!(
-        "slow endpoint (20 ms among nine at 10 ms, 1000 rps): {:.2}% of {total} requests",
-        share * 100.0
-    );
-    assert!(share < 0.08, "slow endpoint share {share}");
+    // A fair share would be 10%; the slower the endpoint, the less it gets.
+    for (slow_ms, seed, bound) in [(100, 1, 0.02), (1000, 2, 0.01), (20, 3, 0.08)] {
+        let share = slow_endpoint_share(slow_ms, seed);
+        assert!(share < bound, "{slow_ms} ms endpoint share {share}");
+    }
 }
 
 #[test]
