@@ -15,23 +15,53 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use needle_core::identity::SpiffeId;
 use needle_core::route::{HttpMatch, Route};
 use tokio::sync::watch;
 
 /// One endpoint of a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Balancer weight (0: known but takes no traffic).
     pub weight: u32,
+    /// Set when the endpoint has a Needle sidecar: connections to it are
+    /// mutual TLS with this identity. `None`: plain connections.
+    pub mesh: Option<Meshed>,
 }
 
 impl Endpoint {
-    /// An endpoint of weight 1.
+    /// An unmeshed endpoint of weight 1.
     pub fn new(addr: SocketAddr) -> Self {
-        Endpoint { addr, weight: 1 }
+        Endpoint {
+            addr,
+            weight: 1,
+            mesh: None,
+        }
     }
+
+    /// A meshed endpoint of weight 1.
+    pub fn meshed(addr: SocketAddr, mesh: Meshed) -> Self {
+        Endpoint {
+            mesh: Some(mesh),
+            ..Endpoint::new(addr)
+        }
+    }
+}
+
+/// How to reach a meshed endpoint's sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meshed {
+    /// The identity the endpoint's proxy must prove; any other fails the
+    /// handshake.
+    pub identity: SpiffeId,
+    /// Where the endpoint's inbound proxy listens. `None`: dial the
+    /// endpoint's own address, which the peer pod's iptables rules redirect
+    /// to its inbound proxy (the transparent case). Either way the
+    /// connection names the endpoint's port inside the TLS stream, so one
+    /// inbound port serves every application port.
+    pub proxy_addr: Option<SocketAddr>,
 }
 
 /// A named set of endpoints that a route's split sends traffic to.

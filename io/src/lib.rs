@@ -15,6 +15,8 @@
 //! - [`prefixed`]: a stream with the bytes detection read put back in front.
 //! - [`http`]: HTTP/1.1 and HTTP/2 (gRPC) proxying: routes, balancing,
 //!   retries, per-endpoint connections, upgrades, protections.
+//! - [`meta`]: a connection's direction and TLS status (for authorization,
+//!   logs and metrics).
 //! - [`discovery`]: where a destination's requests may go, watched for
 //!   changes.
 
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod detect;
 pub mod discovery;
 pub mod http;
+pub mod meta;
 pub mod net;
 pub mod opaque;
 mod original_dst;

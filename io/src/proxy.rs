@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::detect::{DetectSettings, Detected, detect};
 use crate::discovery::StaticDiscovery;
 use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
+use crate::meta::{ConnMeta, Direction};
 use crate::net::{Connection, Listener, Network};
 use crate::opaque::{self, ForwardError, Transferred};
 use crate::prefixed::Prefixed;
@@ -29,6 +30,8 @@ use crate::prefixed::Prefixed;
 /// How a proxy port behaves.
 #[derive(Debug, Clone)]
 pub struct PortConfig {
+    /// Which side of the pod the port serves.
+    pub direction: Direction,
     /// Detection bounds and the server-first dial delay.
     pub detect: DetectSettings,
     /// Where connections go when they were not redirected (no
@@ -43,6 +46,7 @@ pub struct PortConfig {
 impl Default for PortConfig {
     fn default() -> Self {
         PortConfig {
+            direction: Direction::Outbound,
             detect: DetectSettings::default(),
             target: None,
             connect_timeout: Duration::from_secs(1),
@@ -194,7 +198,9 @@ impl<N: Network> Port<N> {
             // Requests are balanced per request: a connection dialled ahead
             // for a server-first protocol is not needed, so it is closed.
             drop(upstream);
-            self.http.serve(client, version, dst).await?;
+            self.http
+                .serve(client, version, dst, ConnMeta::plain(self.config.direction))
+                .await?;
             return Ok(Served {
                 protocol,
                 dst,

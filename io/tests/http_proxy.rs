@@ -16,6 +16,7 @@ use needle_core::retry::{RetryPolicy, Timeouts};
 use needle_core::route::{HttpMatch, PathMatch, Route, Rule, Split};
 use needle_io::discovery::{Backend as SvcBackend, Endpoint, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpVersion};
+use needle_io::meta::{ConnMeta, Direction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1136,8 +1137,16 @@ async fn idle_destinations_are_forgotten() {
         async move {
             let client = TcpStream::connect(addr).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
-            let serving =
-                tokio::spawn(async move { proxy.serve(server, HttpVersion::Http1, dst).await });
+            let serving = tokio::spawn(async move {
+                proxy
+                    .serve(
+                        server,
+                        HttpVersion::Http1,
+                        dst,
+                        ConnMeta::plain(Direction::Outbound),
+                    )
+                    .await
+            });
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
                     .await

@@ -37,6 +37,8 @@ use tracing::debug;
 use super::HttpVersion;
 use super::body::{ProxyBody, boxed};
 use super::config::HttpConfig;
+use crate::discovery::Meshed;
+use crate::meta::{NoTls, TlsStatus};
 use crate::net::{Connection, Network};
 
 /// Why a request could not be sent to an endpoint, as the retry policy
@@ -103,6 +105,7 @@ struct Idle {
 #[derive(Debug)]
 pub(crate) struct EndpointClient<N: Network> {
     addr: SocketAddr,
+    mesh: Option<Meshed>,
     network: N,
     config: Arc<HttpConfig>,
     idle: Mutex<Vec<Idle>>,
@@ -112,9 +115,15 @@ pub(crate) struct EndpointClient<N: Network> {
 impl<N: Network> EndpointClient<N> {
     /// Connections to `addr`; starts the idle reaper (must run in a tokio
     /// runtime).
-    pub(crate) fn new(addr: SocketAddr, network: N, config: Arc<HttpConfig>) -> Arc<Self> {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        mesh: Option<Meshed>,
+        network: N,
+        config: Arc<HttpConfig>,
+    ) -> Arc<Self> {
         let client = Arc::new(EndpointClient {
             addr,
+            mesh,
             network,
             config,
             idle: Mutex::new(Vec::new()),
@@ -127,6 +136,20 @@ impl<N: Network> EndpointClient<N> {
     /// The endpoint's address.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How the endpoint is meshed, if it is.
+    pub(crate) fn mesh(&self) -> &Option<Meshed> {
+        &self.mesh
+    }
+
+    /// The endpoint side's TLS status, as metrics label it.
+    #[expect(dead_code, reason = "labels the endpoint side once metrics land")]
+    pub(crate) fn tls_status(&self) -> TlsStatus {
+        match &self.mesh {
+            Some(mesh) => TlsStatus::Mutual(mesh.identity.clone()),
+            None => TlsStatus::Plain(NoTls::NotMeshed),
+        }
     }
 
     /// Idle HTTP/1 connections right now.
@@ -423,7 +446,7 @@ mod tests {
             h1_idle_timeout: Duration::from_millis(100),
             ..HttpConfig::default()
         };
-        let client = EndpointClient::new(addr, TokioNet, Arc::new(config));
+        let client = EndpointClient::new(addr, None, TokioNet, Arc::new(config));
         for _ in 0..3 {
             let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
             assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hi");
@@ -450,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_response_does_not_return_its_connection() {
         let (addr, _open) = server().await;
-        let client = EndpointClient::new(addr, TokioNet, Arc::new(HttpConfig::default()));
+        let client = EndpointClient::new(addr, None, TokioNet, Arc::new(HttpConfig::default()));
         let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
         drop(res);
         assert_eq!(client.idle_len(), 0);

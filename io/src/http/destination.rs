@@ -283,7 +283,7 @@ fn apply<N: Network>(
     inner.routes = HttpRouteTable::new(routes);
 
     let mut backends = std::mem::take(&mut inner.backends);
-    let mut wanted_addrs = BTreeSet::new();
+    let mut wanted_addrs = BTreeMap::new();
     for backend in &service.backends {
         let mut state = backends.remove(&backend.name).unwrap_or_else(|| {
             inner.next_epoch += 1;
@@ -305,16 +305,20 @@ fn apply<N: Network>(
             state.balancer.insert(now, addr, weight);
         }
         state.addrs = wanted.keys().copied().collect();
-        wanted_addrs.extend(state.addrs.iter().copied());
+        wanted_addrs.extend(backend.endpoints.iter().map(|e| (e.addr, e.mesh.clone())));
         inner.backends.insert(backend.name.clone(), state);
     }
     // Backends left in `backends` are gone; their in-flight requests
     // finish on connections they hold.
-    inner.clients.retain(|addr, _| wanted_addrs.contains(addr));
-    for addr in wanted_addrs {
+    // A client whose endpoint became (un)meshed or changed identity is
+    // replaced: its connections were made under the old terms.
+    inner
+        .clients
+        .retain(|addr, client| wanted_addrs.get(addr) == Some(client.mesh()));
+    for (addr, mesh) in wanted_addrs {
         inner
             .clients
             .entry(addr)
-            .or_insert_with(|| EndpointClient::new(addr, network.clone(), config.clone()));
+            .or_insert_with(|| EndpointClient::new(addr, mesh, network.clone(), config.clone()));
     }
 }

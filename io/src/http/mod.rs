@@ -48,6 +48,7 @@ pub use config::HttpConfig;
 pub use errors::{BoxError, HttpError, NEEDLE_ERROR, ProxyError};
 
 use crate::discovery::Discovery;
+use crate::meta::ConnMeta;
 use crate::net::Network;
 use destination::Destination;
 
@@ -126,19 +127,23 @@ impl<N: Network> HttpProxy<N> {
 
     /// Serves one client connection whose protocol detection already
     /// decided; `io` replays the detected bytes. `dst` is where the client
-    /// meant to go: it selects the service. Returns when the connection
-    /// closes; every request on it has been answered.
+    /// meant to go: it selects the service. `meta` says which side of the
+    /// pod the connection is on and who the client proved to be. Returns
+    /// when the connection closes; every request on it has been answered.
     pub async fn serve<I>(
         self: &Arc<Self>,
         io: I,
         version: HttpVersion,
         dst: SocketAddr,
+        meta: ConnMeta,
     ) -> Result<(), HttpError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let destination = self.destination(dst);
         let shared = self.shared.clone();
+        // Not read yet: authorization and metrics label requests with it.
+        let _meta = meta;
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let destination = destination.clone();

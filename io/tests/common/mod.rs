@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use needle_io::discovery::{Discovery, Endpoint, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy, HttpVersion, ProxyBody};
+use needle_io::meta::{ConnMeta, Direction};
 use needle_io::net::TokioNet;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -136,7 +137,10 @@ pub async fn proxy(
             };
             let p = p.clone();
             tokio::spawn(async move {
-                if let Err(e) = p.serve(stream, version, dst).await {
+                if let Err(e) = p
+                    .serve(stream, version, dst, ConnMeta::plain(Direction::Outbound))
+                    .await
+                {
                     eprintln!("serve ended: {e:?}");
                 }
             });
