@@ -34,6 +34,8 @@
 //! - [`backoff`]: exponential backoff with jitter, shared by accrual and
 //!   retries.
 //! - [`time`]: the core's notion of time (a number, not a clock).
+//! - [`transport_header`]: the ten bytes a meshed client proxy sends after
+//!   the handshake to name the application port it wants.
 //! - `tls` (feature `tls`, on by default): the sans-IO mutual-TLS handshake
 //!   driver over rustls, credentials from PEM, and their rotation.
 #![forbid(unsafe_code)]
@@ -54,3 +56,4 @@ pub mod route;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod transport_header;

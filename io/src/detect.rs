@@ -10,19 +10,23 @@
 //! the connection already dialled carries the traffic: a MySQL or SMTP
 //! client sees its greeting after the dial delay plus one connect, not after
 //! the detection timeout.
+//!
+//! The caller says how to dial: plain TCP, or mutual TLS to a meshed peer's
+//! proxy (which learns the port from the transport header and dials the
+//! application at once), so a server-first protocol crosses the mesh
+//! encrypted like any other.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use needle_core::detect::{self, Detector, Protocol};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::clock::Clock;
-use crate::net::{Connection, Network};
+use crate::prefixed::Prefixed;
 
 /// How detection runs on a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,48 +50,57 @@ impl Default for DetectSettings {
 
 /// What detection found.
 #[derive(Debug)]
-pub struct Detected<S> {
+pub struct Detected<U> {
     /// The protocol.
     pub protocol: Protocol,
     /// Every byte read from the client, to replay to whoever reads next.
     pub buffered: Bytes,
     /// The connection dialled to the destination while detecting, if one
-    /// was made (always, when the server spoke first).
-    pub upstream: Option<S>,
+    /// was made (always, when the server spoke first), with the bytes the
+    /// server already sent put back in front.
+    pub upstream: Option<Prefixed<U>>,
 }
 
-type Dial<S> = Pin<Box<dyn Future<Output = io::Result<S>> + Send>>;
+pub type Dial<U> = Pin<Box<dyn Future<Output = io::Result<U>> + Send>>;
 
 /// The destination connection while detecting.
-enum Upstream<S> {
+enum Upstream<U> {
     /// Not dialled (yet, or ever: no destination known).
     Idle,
-    Dialing(Dial<S>),
-    Connected(S),
+    Dialing(Dial<U>),
+    Connected(U),
+    /// The server spoke (these bytes) or closed (none): detection is over.
+    Spoke(U, Vec<u8>),
     /// The dial failed; forwarding will dial again and report the error.
     Failed,
 }
 
-/// Reads from `client` until the detector decides, dialling `dst` (if known)
-/// to catch servers that speak first.
-pub async fn detect<N: Network>(
-    network: &N,
-    client: &mut N::Stream,
-    dst: Option<SocketAddr>,
+/// Reads from `client` until the detector decides, calling `dial` (if the
+/// destination is known) to catch servers that speak first. `dial` makes
+/// the connection forwarding would use: plain TCP, or mutual TLS to a
+/// meshed peer, so a server-first protocol is never sent around the mesh.
+pub async fn detect<C, U, D>(
+    client: &mut C,
+    dial: Option<D>,
     settings: &DetectSettings,
     clock: &Clock,
-) -> io::Result<Detected<N::Stream>> {
+) -> io::Result<Detected<U>>
+where
+    C: AsyncRead + Unpin,
+    U: AsyncRead + Unpin + Send + 'static,
+    D: FnOnce() -> Dial<U>,
+{
     let mut detector = Detector::new(settings.detect, clock.now());
     let dial_at = tokio::time::Instant::now() + settings.dial_delay;
+    let mut dial = dial;
     let mut upstream = Upstream::Idle;
     let mut leftover = Vec::new();
     let mut buf = vec![0u8; 4096];
-    let mut peeked = [0u8; 1];
 
     while detector.protocol().is_none() {
         let deadline = detector.poll_timeout().map(|at| clock.to_tokio(at));
         let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-        let may_dial = dst.is_some() && matches!(upstream, Upstream::Idle);
+        let may_dial = dial.is_some() && matches!(upstream, Upstream::Idle);
         tokio::select! {
             read = client.read(&mut buf) => match read? {
                 0 => detector.handle_eof(clock.now()),
@@ -99,18 +112,22 @@ pub async fn detect<N: Network>(
             },
             () = tokio::time::sleep_until(deadline) => detector.handle_timeout(clock.now()),
             () = tokio::time::sleep_until(dial_at), if may_dial => {
-                if let Some(dst) = dst {
-                    let network = network.clone();
-                    upstream = Upstream::Dialing(Box::pin(async move { network.connect(dst).await }));
+                if let Some(dial) = dial.take() {
+                    upstream = Upstream::Dialing(dial());
                 }
             }
-            event = upstream_event(&mut upstream, &mut peeked) => match event {
+            event = upstream_event(&mut upstream) => match event {
                 UpstreamEvent::Dialed(Ok(conn)) => upstream = Upstream::Connected(conn),
                 UpstreamEvent::Dialed(Err(_)) | UpstreamEvent::Spoke(Err(_)) => {
                     upstream = Upstream::Failed;
                 }
                 // Bytes, or a close: either way the server went first.
-                UpstreamEvent::Spoke(Ok(_)) => detector.handle_server_bytes(clock.now()),
+                UpstreamEvent::Spoke(Ok(greeting)) => {
+                    if let Upstream::Connected(conn) = std::mem::replace(&mut upstream, Upstream::Failed) {
+                        upstream = Upstream::Spoke(conn, greeting);
+                    }
+                    detector.handle_server_bytes(clock.now());
+                }
             },
         }
     }
@@ -118,7 +135,8 @@ pub async fn detect<N: Network>(
     let (protocol, mut bytes) = detector.into_parts();
     bytes.extend_from_slice(&leftover);
     let upstream = match upstream {
-        Upstream::Connected(conn) => Some(conn),
+        Upstream::Connected(conn) => Some(Prefixed::new(Bytes::new(), conn)),
+        Upstream::Spoke(conn, greeting) => Some(Prefixed::new(greeting, conn)),
         _ => None,
     };
     let protocol = protocol.unwrap_or(Protocol::Opaque(detect::OpaqueReason::ClientClosed));
@@ -130,22 +148,26 @@ pub async fn detect<N: Network>(
 }
 
 /// Something the destination connection did.
-enum UpstreamEvent<S> {
+enum UpstreamEvent<U> {
     /// A dial in progress completed.
-    Dialed(io::Result<S>),
-    /// The connected destination has bytes for us (or closed).
-    Spoke(io::Result<usize>),
+    Dialed(io::Result<U>),
+    /// The connected destination sent these bytes (none: it closed).
+    Spoke(io::Result<Vec<u8>>),
 }
 
 /// Completes when the destination connection has news; never while there
-/// is nothing to wait for. Peeking leaves the bytes for the forwarder.
-async fn upstream_event<S: Connection>(
-    upstream: &mut Upstream<S>,
-    buf: &mut [u8],
-) -> UpstreamEvent<S> {
+/// is nothing to wait for. What the server sends is read (not peeked: a
+/// TLS stream cannot peek) and handed to the forwarder to replay.
+async fn upstream_event<U: AsyncRead + Unpin>(upstream: &mut Upstream<U>) -> UpstreamEvent<U> {
     match upstream {
         Upstream::Dialing(dial) => UpstreamEvent::Dialed(dial.await),
-        Upstream::Connected(conn) => UpstreamEvent::Spoke(conn.peek(buf).await),
-        Upstream::Idle | Upstream::Failed => std::future::pending().await,
+        Upstream::Connected(conn) => {
+            let mut greeting = vec![0u8; 4096];
+            UpstreamEvent::Spoke(conn.read(&mut greeting).await.map(|n| {
+                greeting.truncate(n);
+                greeting
+            }))
+        }
+        Upstream::Idle | Upstream::Spoke(..) | Upstream::Failed => std::future::pending().await,
     }
 }

@@ -17,6 +17,9 @@
 //!   retries, per-endpoint connections, upgrades, protections.
 //! - [`meta`]: a connection's direction and TLS status (for authorization,
 //!   logs and metrics).
+//! - [`tls`]: mutual TLS between meshed proxies: the local identity, the
+//!   core's handshake driven over a socket, the transport header, and the
+//!   established stream.
 //! - [`discovery`]: where a destination's requests may go, watched for
 //!   changes.
 
@@ -30,3 +33,4 @@ pub mod opaque;
 mod original_dst;
 pub mod prefixed;
 pub mod proxy;
+pub mod tls;

@@ -11,21 +11,26 @@
 //!    forwarded byte for byte.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use needle_core::authz::{Peer, PortPolicies, Refusal};
 use needle_core::detect::Protocol;
+use needle_core::identity::SpiffeId;
+use needle_core::identity::sni::{self, SniTarget};
+use needle_core::tls::Alpn;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::detect::{DetectSettings, Detected, detect};
-use crate::discovery::StaticDiscovery;
+use crate::detect::{DetectSettings, Detected, Dial, detect};
+use crate::discovery::{Meshed, StaticDiscovery};
 use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
-use crate::meta::{ConnMeta, Direction};
+use crate::meta::{ConnMeta, Direction, NoTls, TlsStatus};
 use crate::net::{Connection, Listener, Network};
 use crate::opaque::{self, ForwardError, Transferred};
 use crate::prefixed::Prefixed;
+use crate::tls::{self, MaybeTls, MeshError, MeshIdentity};
 
 /// How a proxy port behaves.
 #[derive(Debug, Clone)]
@@ -41,6 +46,16 @@ pub struct PortConfig {
     pub connect_timeout: Duration,
     /// How long an opaque connection may carry nothing before it is closed.
     pub idle_timeout: Duration,
+    /// How long the mutual-TLS handshake and transport header may take, on
+    /// either side (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Inbound: which peers may reach which application port (default:
+    /// everyone, meshed or not, so adding the proxy breaks nothing).
+    pub policies: PortPolicies,
+    /// Inbound: the address the application listens on; a meshed
+    /// connection goes to this address and the port its transport header
+    /// names (default 127.0.0.1).
+    pub app_ip: IpAddr,
 }
 
 impl Default for PortConfig {
@@ -51,6 +66,9 @@ impl Default for PortConfig {
             target: None,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(5),
+            policies: PortPolicies::default(),
+            app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -81,6 +99,22 @@ pub enum ConnectionError {
         /// The timeout.
         timeout: Duration,
     },
+    /// Mutual TLS failed: with a meshed destination's proxy (outbound), or
+    /// with a calling proxy (inbound).
+    #[error("mutual TLS with {peer}: {source}")]
+    Mesh {
+        /// The other side's address.
+        peer: SocketAddr,
+        /// Why.
+        source: MeshError,
+    },
+    /// Inbound: a meshed connection addressed to another workload reached
+    /// this one (stale discovery, a reused IP): refused.
+    #[error("meshed connection for {0} reached the wrong workload")]
+    WrongWorkload(SpiffeId),
+    /// Inbound: the port's policy refused the peer.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
     /// Forwarding ended with an error.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -92,10 +126,13 @@ pub enum ConnectionError {
 /// How a served connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
-    /// What detection decided.
+    /// What detection decided (for a meshed inbound connection, of the
+    /// outer stream: TLS).
     pub protocol: Protocol,
     /// Where it went.
     pub dst: SocketAddr,
+    /// Who the client proved to be, or why it is not mutual TLS.
+    pub tls: TlsStatus,
     /// Bytes moved, for connections forwarded byte for byte; `None` for
     /// HTTP connections, whose requests are accounted one by one.
     pub transferred: Option<Transferred>,
@@ -112,7 +149,7 @@ pub struct Port<N: Network> {
 
 impl<N: Network> Port<N> {
     /// A port that dials through `network`, proxying HTTP with default
-    /// settings to each destination itself (no discovery).
+    /// settings to each destination itself (no discovery, no mTLS).
     pub fn new(network: N, config: PortConfig) -> Arc<Self> {
         let http = HttpProxy::new(
             network.clone(),
@@ -123,7 +160,9 @@ impl<N: Network> Port<N> {
     }
 
     /// A port whose HTTP connections go to `http` (its configuration and
-    /// discovery decide routes, balancing and retries).
+    /// discovery decide routes, balancing and retries; its identity, if
+    /// any, is the port's: inbound it terminates mTLS addressed to it,
+    /// outbound it originates mTLS to meshed destinations).
     pub fn with_http(network: N, config: PortConfig, http: Arc<HttpProxy<N>>) -> Arc<Self> {
         Arc::new(Port {
             network,
@@ -148,7 +187,7 @@ impl<N: Network> Port<N> {
                         tokio::spawn(async move {
                             match port.serve(conn).await {
                                 Ok(served) => debug!(%peer, dst = %served.dst, protocol = ?served.protocol,
-                                    transferred = ?served.transferred, "connection closed"),
+                                    tls = served.tls.label(), transferred = ?served.transferred, "connection closed"),
                                 Err(error) => info!(%peer, %error, "connection failed"),
                             }
                         });
@@ -173,22 +212,112 @@ impl<N: Network> Port<N> {
             Ok(Some(dst)) => Some(dst),
             _ => self.config.target,
         };
+        // Outbound, a meshed destination is dialled over mTLS even when
+        // dialled ahead for a server-first protocol.
+        let mesh = match self.config.direction {
+            Direction::Outbound => dst.and_then(|dst| self.meshed(dst)),
+            Direction::Inbound => None,
+        };
+        let dial = dst.map(|dst| self.dialer(dst, mesh.clone()));
         let Detected {
             protocol,
             buffered,
             upstream,
-        } = detect(
-            &self.network,
-            &mut conn,
-            dst,
-            &self.config.detect,
-            &self.clock,
-        )
-        .await
-        .map_err(ConnectionError::Detect)?;
+        } = detect(&mut conn, dial, &self.config.detect, &self.clock)
+            .await
+            .map_err(ConnectionError::Detect)?;
         let dst = dst.ok_or(ConnectionError::NoDestination)?;
         debug!(%dst, ?protocol, "detected");
+        let peer = conn.peer_addr().unwrap_or(dst);
         let client = Prefixed::new(buffered, conn);
+
+        let client_tls = match (self.config.direction, &protocol) {
+            (Direction::Inbound, Protocol::Tls(hello)) => match self.http.identity() {
+                Some(identity) => match sni::classify(hello.dns_name(), &identity.id()) {
+                    SniTarget::Local => {
+                        drop(upstream);
+                        return self.serve_meshed(client, peer, protocol, identity).await;
+                    }
+                    SniTarget::OtherWorkload(id) => return Err(ConnectionError::WrongWorkload(id)),
+                    _ => TlsStatus::Plain(NoTls::Passthrough),
+                },
+                None => TlsStatus::Plain(NoTls::Disabled),
+            },
+            _ => TlsStatus::Plain(NoTls::NotProvidedByRemote),
+        };
+        if self.config.direction == Direction::Inbound {
+            // Plaintext, or TLS for the application: nobody proved anything.
+            self.config
+                .policies
+                .authorize(dst.port(), &Peer::Unauthenticated)?;
+        }
+        let meta = ConnMeta {
+            direction: self.config.direction,
+            client_tls: client_tls.clone(),
+        };
+        self.forward(client, protocol, dst, meta, upstream, mesh)
+            .await
+    }
+
+    /// Inbound mTLS addressed to this workload: terminate it, authorize the
+    /// peer for the port its header names, and serve what is inside.
+    async fn serve_meshed(
+        &self,
+        client: Prefixed<N::Stream>,
+        peer: SocketAddr,
+        outer: Protocol,
+        identity: &Arc<MeshIdentity>,
+    ) -> Result<Served, ConnectionError> {
+        let accepted = tls::accept(client, identity, self.config.handshake_timeout)
+            .await
+            .map_err(|source| ConnectionError::Mesh { peer, source })?;
+        let peer_id = accepted.established.peer.clone();
+        let dst = SocketAddr::new(self.config.app_ip, accepted.header.port);
+        self.config
+            .policies
+            .authorize(dst.port(), &Peer::Mtls(peer_id.clone()))?;
+        debug!(%dst, peer = %peer_id, alpn = %accepted.established.alpn, "mTLS accepted");
+        let meta = ConnMeta {
+            direction: Direction::Inbound,
+            client_tls: TlsStatus::Mutual(peer_id),
+        };
+        let stream = accepted.stream;
+        if accepted.established.alpn == Alpn::H2 {
+            // HTTP from the peer proxy: HTTP/2 whatever the application
+            // spoke; requests marked HTTP/1 go to it as HTTP/1.1.
+            self.http
+                .serve(stream, HttpVersion::Http2, dst, meta.clone())
+                .await?;
+            return Ok(Served {
+                protocol: outer,
+                dst,
+                tls: meta.client_tls,
+                transferred: None,
+            });
+        }
+        // Opaque: the peer already detected (and found nothing to parse),
+        // so the bytes go to the application as they are, at once (a
+        // server-first application greets as soon as it is dialled).
+        let upstream = self.connect(dst).await?;
+        let transferred = opaque::forward(stream, upstream, self.config.idle_timeout).await?;
+        Ok(Served {
+            protocol: outer,
+            dst,
+            tls: meta.client_tls,
+            transferred: Some(transferred),
+        })
+    }
+
+    /// Hands a detected connection to HTTP or forwards it byte for byte.
+    async fn forward(
+        &self,
+        client: Prefixed<N::Stream>,
+        protocol: Protocol,
+        dst: SocketAddr,
+        meta: ConnMeta,
+        upstream: Option<Prefixed<MaybeTls<N::Stream>>>,
+        mesh: Option<Meshed>,
+    ) -> Result<Served, ConnectionError> {
         let version = match protocol {
             Protocol::Http1 { .. } => Some(HttpVersion::Http1),
             Protocol::Http2 => Some(HttpVersion::Http2),
@@ -198,25 +327,77 @@ impl<N: Network> Port<N> {
             // Requests are balanced per request: a connection dialled ahead
             // for a server-first protocol is not needed, so it is closed.
             drop(upstream);
-            self.http
-                .serve(client, version, dst, ConnMeta::plain(self.config.direction))
-                .await?;
+            self.http.serve(client, version, dst, meta.clone()).await?;
             return Ok(Served {
                 protocol,
                 dst,
+                tls: meta.client_tls,
                 transferred: None,
             });
         }
         let upstream = match upstream {
             Some(upstream) => upstream,
-            None => self.connect(dst).await?,
+            None => Prefixed::new(bytes::Bytes::new(), self.dial(dst, mesh).await?),
         };
         let transferred = opaque::forward(client, upstream, self.config.idle_timeout).await?;
         Ok(Served {
             protocol,
             dst,
+            tls: meta.client_tls,
             transferred: Some(transferred),
         })
+    }
+
+    /// How discovery says `dst` is meshed, if it is and mTLS is on: `dst`
+    /// must be one of its service's endpoints (opaque traffic goes where
+    /// the client pointed; only HTTP is balanced per request).
+    fn meshed(&self, dst: SocketAddr) -> Option<Meshed> {
+        self.http.identity()?;
+        let service = self.http.discovery().resolve(dst).borrow().clone();
+        service
+            .backends
+            .iter()
+            .flat_map(|b| &b.endpoints)
+            .find(|e| e.addr == dst)
+            .and_then(|e| e.mesh.clone())
+    }
+
+    /// The dial detection may start ahead of time.
+    fn dialer(
+        &self,
+        dst: SocketAddr,
+        mesh: Option<Meshed>,
+    ) -> impl FnOnce() -> Dial<MaybeTls<N::Stream>> + use<N> {
+        let network = self.network.clone();
+        let identity = self.http.identity().cloned();
+        let handshake_timeout = self.config.handshake_timeout;
+        move || {
+            Box::pin(async move {
+                dial_with(&network, identity.as_deref(), dst, mesh, handshake_timeout)
+                    .await
+                    .map_err(io::Error::other)
+            })
+        }
+    }
+
+    /// Dials `dst` now: plain, or mTLS with `Alpn::Opaque` when meshed.
+    async fn dial(
+        &self,
+        dst: SocketAddr,
+        mesh: Option<Meshed>,
+    ) -> Result<MaybeTls<N::Stream>, ConnectionError> {
+        let connect = dial_with(
+            &self.network,
+            self.http.identity().map(|i| &**i),
+            dst,
+            mesh,
+            self.config.handshake_timeout,
+        );
+        let timeout = self.config.connect_timeout + self.config.handshake_timeout;
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectionError::ConnectTimeout { dst, timeout }),
+        }
     }
 
     async fn connect(&self, dst: SocketAddr) -> Result<N::Stream, ConnectionError> {
@@ -229,5 +410,43 @@ impl<N: Network> Port<N> {
             Ok(Err(source)) => Err(ConnectionError::Connect { dst, source }),
             Err(_) => Err(ConnectionError::ConnectTimeout { dst, timeout }),
         }
+    }
+}
+
+/// Connects to `dst`, over mTLS to its proxy when `mesh` says so.
+async fn dial_with<N: Network>(
+    network: &N,
+    identity: Option<&MeshIdentity>,
+    dst: SocketAddr,
+    mesh: Option<Meshed>,
+    handshake_timeout: Duration,
+) -> Result<MaybeTls<N::Stream>, ConnectionError> {
+    let tcp_addr = mesh.as_ref().and_then(|m| m.proxy_addr).unwrap_or(dst);
+    let conn = network
+        .connect(tcp_addr)
+        .await
+        .map_err(|source| ConnectionError::Connect {
+            dst: tcp_addr,
+            source,
+        })?;
+    let _ = conn.set_nodelay(true);
+    match (mesh, identity) {
+        (Some(mesh), Some(identity)) => {
+            let connected = tls::connect(
+                conn,
+                identity,
+                &mesh.identity,
+                Alpn::Opaque,
+                dst.port(),
+                handshake_timeout,
+            )
+            .await
+            .map_err(|source| ConnectionError::Mesh {
+                peer: tcp_addr,
+                source,
+            })?;
+            Ok(MaybeTls::Tls(Box::new(connected.stream)))
+        }
+        _ => Ok(MaybeTls::Plain(conn)),
     }
 }

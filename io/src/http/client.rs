@@ -16,8 +16,17 @@
 //!   when it closes, with keepalive PINGs so a dead endpoint is noticed even
 //!   when idle.
 //!
-//! Requests are forwarded in the protocol they arrived in: HTTP/1 as HTTP/1,
-//! HTTP/2 (and gRPC) as HTTP/2.
+//! Requests to a plain endpoint are forwarded in the protocol they arrived
+//! in: HTTP/1 as HTTP/1, HTTP/2 (and gRPC) as HTTP/2.
+//!
+//! A **meshed** endpoint (discovery names its identity) is reached over
+//! mutual TLS to its sidecar, and every request, HTTP/1 included, travels
+//! as a stream of one HTTP/2 connection (`needle/h2`): many HTTP/1 clients
+//! cost one TCP+TLS connection between the proxies, not one each. An HTTP/1
+//! request carries `needle-orig-proto` so the peer proxy hands it to the
+//! application as HTTP/1.1 again. Upgrades (WebSocket) cannot ride an
+//! HTTP/2 stream: they get a TLS connection of their own (`needle/opaque`)
+//! that carries the HTTP/1 handshake and then the tunnel.
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -34,12 +43,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tracing::debug;
 
+use needle_core::tls::Alpn;
+
 use super::HttpVersion;
 use super::body::{ProxyBody, boxed};
 use super::config::HttpConfig;
+use super::headers;
 use crate::discovery::Meshed;
 use crate::meta::{NoTls, TlsStatus};
 use crate::net::{Connection, Network};
+use crate::tls::{self, MaybeTls, MeshError, MeshIdentity};
 
 /// Why a request could not be sent to an endpoint, as the retry policy
 /// needs to know it.
@@ -51,6 +64,14 @@ pub(crate) enum SendError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    /// Mutual TLS with the endpoint's proxy failed (wrong identity, unknown
+    /// CA, ...): the request never left.
+    #[error("mTLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: MeshError,
     },
     /// The HTTP handshake on a new connection failed: the request never left.
     #[error("handshake with {addr}: {source}")]
@@ -106,6 +127,9 @@ struct Idle {
 pub(crate) struct EndpointClient<N: Network> {
     addr: SocketAddr,
     mesh: Option<Meshed>,
+    /// The local identity, when mTLS is on; a meshed endpoint is reached in
+    /// plaintext without one (its `tls` label says `disabled`).
+    identity: Option<Arc<MeshIdentity>>,
     network: N,
     config: Arc<HttpConfig>,
     idle: Mutex<Vec<Idle>>,
@@ -118,12 +142,14 @@ impl<N: Network> EndpointClient<N> {
     pub(crate) fn new(
         addr: SocketAddr,
         mesh: Option<Meshed>,
+        identity: Option<Arc<MeshIdentity>>,
         network: N,
         config: Arc<HttpConfig>,
     ) -> Arc<Self> {
         let client = Arc::new(EndpointClient {
             addr,
             mesh,
+            identity,
             network,
             config,
             idle: Mutex::new(Vec::new()),
@@ -146,10 +172,16 @@ impl<N: Network> EndpointClient<N> {
     /// The endpoint side's TLS status, as metrics label it.
     #[expect(dead_code, reason = "labels the endpoint side once metrics land")]
     pub(crate) fn tls_status(&self) -> TlsStatus {
-        match &self.mesh {
-            Some(mesh) => TlsStatus::Mutual(mesh.identity.clone()),
-            None => TlsStatus::Plain(NoTls::NotMeshed),
+        match (&self.mesh, &self.identity) {
+            (Some(mesh), Some(_)) => TlsStatus::Mutual(mesh.identity.clone()),
+            (Some(_), None) => TlsStatus::Plain(NoTls::Disabled),
+            (None, _) => TlsStatus::Plain(NoTls::NotMeshed),
         }
+    }
+
+    /// The endpoint's identity and ours, when connections to it are mTLS.
+    fn meshed(&self) -> Option<(&Meshed, &Arc<MeshIdentity>)> {
+        self.mesh.as_ref().zip(self.identity.as_ref())
     }
 
     /// Idle HTTP/1 connections right now.
@@ -168,9 +200,25 @@ impl<N: Network> EndpointClient<N> {
         reusable: bool,
     ) -> Result<Response<ProxyBody>, SendError> {
         match version {
+            HttpVersion::Http1 if reusable && self.meshed().is_some() => {
+                self.send_h1_over_mesh(req).await
+            }
             HttpVersion::Http1 => self.send_h1(req, reusable).await,
             HttpVersion::Http2 => self.send_h2(req).await,
         }
+    }
+
+    /// An HTTP/1 request to a meshed endpoint: a stream of the shared
+    /// HTTP/2 connection, marked so the peer restores HTTP/1.1, answered to
+    /// our client in HTTP/1.1.
+    async fn send_h1_over_mesh(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        headers::upgrade_to_h2(&mut req, self.addr);
+        let mut res = self.send_h2(req).await?;
+        *res.version_mut() = http::Version::HTTP_11;
+        Ok(res)
     }
 
     async fn send_h1(
@@ -179,6 +227,7 @@ impl<N: Network> EndpointClient<N> {
         reusable: bool,
     ) -> Result<Response<ProxyBody>, SendError> {
         *req.version_mut() = http::Version::HTTP_11;
+        headers::to_h1_target(&mut req);
         let mut sender = match self.checkout() {
             // A pooled connection becomes ready once hyper has finished
             // reading the previous response; if it closed meanwhile, dial.
@@ -260,8 +309,23 @@ impl<N: Network> EndpointClient<N> {
             .unwrap_or(ttl)
     }
 
-    async fn dial(&self) -> Result<TokioIo<N::Stream>, SendError> {
+    /// A new connection to the endpoint: plain, or mutual TLS to its proxy
+    /// carrying `alpn` when it is meshed.
+    async fn dial(&self, alpn: Alpn) -> Result<TokioIo<MaybeTls<N::Stream>>, SendError> {
         let addr = self.addr;
+        let Some((mesh, identity)) = self.meshed() else {
+            let stream = self.dial_tcp(addr).await?;
+            return Ok(TokioIo::new(MaybeTls::Plain(stream)));
+        };
+        let stream = self.dial_tcp(mesh.proxy_addr.unwrap_or(addr)).await?;
+        let timeout = self.config.mesh_handshake_timeout;
+        match tls::connect(stream, identity, &mesh.identity, alpn, addr.port(), timeout).await {
+            Ok(connected) => Ok(TokioIo::new(MaybeTls::Tls(Box::new(connected.stream)))),
+            Err(source) => Err(SendError::Tls { addr, source }),
+        }
+    }
+
+    async fn dial_tcp(&self, addr: SocketAddr) -> Result<N::Stream, SendError> {
         let stream =
             match tokio::time::timeout(self.config.connect_timeout, self.network.connect(addr))
                 .await
@@ -276,11 +340,12 @@ impl<N: Network> EndpointClient<N> {
             };
         // Best effort: a proxy forwards what it has at once.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<ProxyBody>, SendError> {
-        let io = self.dial().await?;
+        // Over the mesh only upgrades take this path: the tunnel is opaque.
+        let io = self.dial(Alpn::Opaque).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -302,7 +367,7 @@ impl<N: Network> EndpointClient<N> {
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = self.dial().await?;
+        let io = self.dial(Alpn::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.config.h2_keepalive_interval)
@@ -446,7 +511,7 @@ mod tests {
             h1_idle_timeout: Duration::from_millis(100),
             ..HttpConfig::default()
         };
-        let client = EndpointClient::new(addr, None, TokioNet, Arc::new(config));
+        let client = EndpointClient::new(addr, None, None, TokioNet, Arc::new(config));
         for _ in 0..3 {
             let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
             assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hi");
@@ -473,7 +538,8 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_response_does_not_return_its_connection() {
         let (addr, _open) = server().await;
-        let client = EndpointClient::new(addr, None, TokioNet, Arc::new(HttpConfig::default()));
+        let client =
+            EndpointClient::new(addr, None, None, TokioNet, Arc::new(HttpConfig::default()));
         let res = client.send(HttpVersion::Http1, get(), true).await.unwrap();
         drop(res);
         assert_eq!(client.idle_len(), 0);

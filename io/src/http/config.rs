@@ -52,6 +52,9 @@ pub struct HttpConfig {
     // --- client side (towards endpoints) ---
     /// Time to establish a TCP connection to an endpoint (default 1 s).
     pub connect_timeout: Duration,
+    /// Time for the mutual-TLS handshake and transport header with a
+    /// meshed endpoint's proxy, after TCP connected (default 5 s).
+    pub mesh_handshake_timeout: Duration,
     /// An idle pooled HTTP/1 connection is closed after this (default 60 s).
     pub h1_idle_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint (default 64).
@@ -98,6 +101,7 @@ impl Default for HttpConfig {
             h2_max_send_buf_size: 400 * 1024,
             allow_connect: false,
             connect_timeout: Duration::from_secs(1),
+            mesh_handshake_timeout: Duration::from_secs(5),
             h1_idle_timeout: Duration::from_secs(60),
             h1_max_idle_per_endpoint: 64,
             h2_keepalive_interval: Duration::from_secs(10),

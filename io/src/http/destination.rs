@@ -26,6 +26,7 @@ use super::config::HttpConfig;
 use super::errors::ProxyError;
 use crate::discovery::Service;
 use crate::net::Network;
+use crate::tls::MeshIdentity;
 
 /// What routing decided for a request.
 #[derive(Debug, Clone)]
@@ -60,6 +61,7 @@ struct Inner<N: Network> {
 #[derive(Debug)]
 pub(crate) struct Destination<N: Network> {
     network: N,
+    identity: Option<Arc<MeshIdentity>>,
     config: Arc<HttpConfig>,
     inner: Mutex<Inner<N>>,
 }
@@ -106,6 +108,7 @@ impl<N: Network> Drop for InFlight<N> {
 impl<N: Network> Destination<N> {
     pub(crate) fn new(
         network: N,
+        identity: Option<Arc<MeshIdentity>>,
         config: Arc<HttpConfig>,
         mut updates: watch::Receiver<Arc<Service>>,
         seed: u64,
@@ -121,9 +124,10 @@ impl<N: Network> Destination<N> {
             rng: StdRng::seed_from_u64(seed),
             next_epoch: 0,
         };
-        apply(&network, &config, &mut inner, &service, now);
+        apply(&network, &identity, &config, &mut inner, &service, now);
         Arc::new(Destination {
             network,
+            identity,
             config,
             inner: Mutex::new(inner),
         })
@@ -137,7 +141,14 @@ impl<N: Network> Destination<N> {
     fn refresh(&self, inner: &mut Inner<N>, now: Instant) {
         if inner.updates.has_changed().unwrap_or(false) {
             let service = inner.updates.borrow_and_update().clone();
-            apply(&self.network, &self.config, inner, &service, now);
+            apply(
+                &self.network,
+                &self.identity,
+                &self.config,
+                inner,
+                &service,
+                now,
+            );
         }
     }
 
@@ -260,6 +271,7 @@ impl<N: Network> Destination<N> {
 /// Makes the routes, balancers and connections match `service`.
 fn apply<N: Network>(
     network: &N,
+    identity: &Option<Arc<MeshIdentity>>,
     config: &Arc<HttpConfig>,
     inner: &mut Inner<N>,
     service: &Service,
@@ -316,9 +328,14 @@ fn apply<N: Network>(
         .clients
         .retain(|addr, client| wanted_addrs.get(addr) == Some(client.mesh()));
     for (addr, mesh) in wanted_addrs {
-        inner
-            .clients
-            .entry(addr)
-            .or_insert_with(|| EndpointClient::new(addr, mesh, network.clone(), config.clone()));
+        inner.clients.entry(addr).or_insert_with(|| {
+            EndpointClient::new(
+                addr,
+                mesh,
+                identity.clone(),
+                network.clone(),
+                config.clone(),
+            )
+        });
     }
 }

@@ -50,6 +50,10 @@ pub enum ProxyError {
     /// No connection to the endpoint could be made.
     #[error("connecting to the endpoint failed")]
     ConnectFailed,
+    /// Mutual TLS with a meshed endpoint's proxy failed: it did not prove
+    /// the identity discovery promised, or does not trust ours.
+    #[error("mutual TLS with the endpoint's proxy failed")]
+    MtlsFailed,
     /// The endpoint's connection failed after the request may have been
     /// sent (reset, protocol error, closed mid-response).
     #[error("the endpoint's connection failed")]
@@ -76,7 +80,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints | ProxyError::AllEjected => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed | ProxyError::Upstream => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectFailed | ProxyError::MtlsFailed | ProxyError::Upstream => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -92,6 +98,7 @@ impl ProxyError {
             ProxyError::NoEndpoints => "no-endpoints",
             ProxyError::AllEjected => "endpoints-ejected",
             ProxyError::ConnectFailed => "connect-failed",
+            ProxyError::MtlsFailed => "mtls-failed",
             ProxyError::Upstream => "upstream-error",
             ProxyError::Timeout => "timeout",
             ProxyError::ConnectNotAllowed => "connect-not-allowed",
@@ -112,6 +119,7 @@ impl ProxyError {
             ProxyError::NoEndpoints
             | ProxyError::AllEjected
             | ProxyError::ConnectFailed
+            | ProxyError::MtlsFailed
             | ProxyError::Upstream => 14,
             // DEADLINE_EXCEEDED.
             ProxyError::Timeout => 4,

@@ -30,9 +30,20 @@ pub(crate) async fn handle<N: Network>(
     proxy: Arc<ProxyShared>,
     destination: Arc<Destination<N>>,
     version: HttpVersion,
+    client_id: Option<http::HeaderValue>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let grpc = headers::is_grpc(req.headers());
+    // An HTTP/1 request that crossed the mesh as HTTP/2 goes on as HTTP/1.1;
+    // the marker is removed whoever sent it, and believed only over mTLS.
+    let version = match headers::take_orig_proto(req.headers_mut()) {
+        true if client_id.is_some() => HttpVersion::Http1,
+        _ => version,
+    };
+    req.headers_mut().remove(headers::CLIENT_ID);
+    if let Some(id) = client_id {
+        req.headers_mut().insert(headers::CLIENT_ID, id);
+    }
     if let Err(e) = headers::check_request(&req, &proxy.config) {
         return e.response(grpc);
     }
@@ -201,6 +212,7 @@ async fn attempt_once<N: Network>(
                 SendError::Connect { .. } | SendError::Handshake { .. } | SendError::Unsent(_) => {
                     (AttemptOutcome::ConnectFailed, ProxyError::ConnectFailed)
                 }
+                SendError::Tls { .. } => (AttemptOutcome::ConnectFailed, ProxyError::MtlsFailed),
                 SendError::Refused(_) => (AttemptOutcome::RefusedStream, ProxyError::Upstream),
                 SendError::Failed(_) => (AttemptOutcome::Error, ProxyError::Upstream),
             };

@@ -11,6 +11,8 @@
 //! request-target limit and header count/size limits, which also apply to
 //! HTTP/2 requests.
 
+use std::net::SocketAddr;
+
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request};
 use needle_core::route::RequestHead;
@@ -145,4 +147,74 @@ impl<B> RequestHead for Head<'_, B> {
             .iter()
             .any(|v| v.as_bytes() == value.as_bytes())
     }
+}
+
+/// The header that carries an HTTP/1 request's original version across the
+/// HTTP/2 connection between two meshed proxies. The client proxy sets it;
+/// the server proxy removes it (always, so no client can smuggle it
+/// through) and, when it came over mTLS, sends the request to the
+/// application in HTTP/1.1 again.
+pub(crate) const ORIG_PROTO: &str = "needle-orig-proto";
+
+/// Marks `req` as an HTTP/1 request travelling as HTTP/2, and gives it the
+/// absolute URI HTTP/2 needs (`:scheme` and `:authority`, from `Host`, or
+/// `fallback` for an HTTP/1.0 request without one).
+pub(crate) fn upgrade_to_h2<B>(req: &mut Request<B>, fallback: SocketAddr) {
+    req.headers_mut()
+        .insert(ORIG_PROTO, header::HeaderValue::from_static("HTTP/1.1"));
+    if req.uri().authority().is_some() {
+        return;
+    }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| {
+            http::uri::Authority::try_from(fallback.to_string().as_str())
+                .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+        });
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// The header that tells the application which meshed workload called it
+/// (the peer's verified SPIFFE ID), set by the inbound proxy on requests
+/// that arrived over mTLS and removed from every other request, so no
+/// client can claim an identity it did not prove.
+pub(crate) const CLIENT_ID: &str = "needle-client-id";
+
+/// Removes [`ORIG_PROTO`]; true if the request said it was HTTP/1.
+pub(crate) fn take_orig_proto(headers: &mut HeaderMap) -> bool {
+    headers.remove(ORIG_PROTO).is_some()
+}
+
+/// Prepares a request for an HTTP/1 connection: the origin-form target
+/// (`/path?query`) servers expect, and a `Host` header from the URI's
+/// authority if it had none (a request that arrived as HTTP/2 carries its
+/// authority in the URI only).
+pub(crate) fn to_h1_target<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return;
+    };
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(host) = header::HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    if req.method() == http::Method::CONNECT {
+        return;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = http::Uri::from(path);
 }

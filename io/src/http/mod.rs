@@ -50,6 +50,7 @@ pub use errors::{BoxError, HttpError, NEEDLE_ERROR, ProxyError};
 use crate::discovery::Discovery;
 use crate::meta::ConnMeta;
 use crate::net::Network;
+use crate::tls::MeshIdentity;
 use destination::Destination;
 
 /// The HTTP version detection found on a client connection.
@@ -84,6 +85,9 @@ impl ProxyShared {
 /// their requests to the endpoints discovery names.
 pub struct HttpProxy<N: Network> {
     network: N,
+    /// The local mesh identity, for mTLS to meshed endpoints; `None`: mTLS
+    /// is off and every endpoint is reached in plaintext.
+    identity: Option<Arc<MeshIdentity>>,
     shared: Arc<ProxyShared>,
     discovery: Arc<dyn Discovery>,
     destinations: Mutex<Destinations<N>>,
@@ -102,11 +106,23 @@ impl<N: Network + fmt::Debug> fmt::Debug for HttpProxy<N> {
 }
 
 impl<N: Network> HttpProxy<N> {
-    /// A proxy connecting to endpoints over `network`.
+    /// A proxy connecting to endpoints over `network`, in plaintext.
     pub fn new(network: N, config: HttpConfig, discovery: Arc<dyn Discovery>) -> Arc<Self> {
+        HttpProxy::meshed(network, config, discovery, None)
+    }
+
+    /// A proxy that reaches meshed endpoints over mutual TLS as `identity`
+    /// (and unmeshed ones in plaintext).
+    pub fn meshed(
+        network: N,
+        config: HttpConfig,
+        discovery: Arc<dyn Discovery>,
+        identity: Option<Arc<MeshIdentity>>,
+    ) -> Arc<Self> {
         let seeds = StdRng::seed_from_u64(config.rng_seed);
         Arc::new(HttpProxy {
             network,
+            identity,
             shared: Arc::new(ProxyShared {
                 config: Arc::new(config),
                 clock: crate::clock::Clock::start(),
@@ -123,6 +139,16 @@ impl<N: Network> HttpProxy<N> {
     /// The proxy's configuration.
     pub fn config(&self) -> &HttpConfig {
         &self.shared.config
+    }
+
+    /// The local mesh identity, when mTLS is on.
+    pub fn identity(&self) -> Option<&Arc<MeshIdentity>> {
+        self.identity.as_ref()
+    }
+
+    /// Where destinations are looked up.
+    pub fn discovery(&self) -> &Arc<dyn Discovery> {
+        &self.discovery
     }
 
     /// Serves one client connection whose protocol detection already
@@ -142,12 +168,19 @@ impl<N: Network> HttpProxy<N> {
     {
         let destination = self.destination(dst);
         let shared = self.shared.clone();
-        // Not read yet: authorization and metrics label requests with it.
-        let _meta = meta;
+        // The peer's proven identity, told to the application per request.
+        let client_id = meta
+            .client_tls
+            .peer()
+            .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let destination = destination.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, destination, version, req).await) }
+            let client_id = client_id.clone();
+            async move {
+                let res = forward::handle(shared, destination, version, client_id, req).await;
+                Ok::<_, Infallible>(res)
+            }
         });
         let config = &self.shared.config;
         let io = TokioIo::new(io);
@@ -215,6 +248,7 @@ impl<N: Network> HttpProxy<N> {
             Cached {
                 destination: Destination::new(
                     self.network.clone(),
+                    self.identity.clone(),
                     self.shared.config.clone(),
                     self.discovery.resolve(dst),
                     seed,
