@@ -145,6 +145,34 @@ pub struct Port<N: Network> {
     config: PortConfig,
     clock: Clock,
     http: Arc<HttpProxy<N>>,
+    /// Connections accepted by [`Port::run`] and not yet ended.
+    open: Arc<OpenConnections>,
+}
+
+/// A count of open connections that can be waited on to reach zero.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// Counts one connection open while it lives.
+struct OpenGuard(Arc<OpenConnections>);
+
+impl OpenGuard {
+    fn new(open: &Arc<OpenConnections>) -> Self {
+        open.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
 }
 
 impl<N: Network> Port<N> {
@@ -169,10 +197,36 @@ impl<N: Network> Port<N> {
             config,
             clock: Clock::start(),
             http,
+            open: Arc::default(),
         })
     }
 
-    /// Accepts connections from `listener` until `shutdown` completes.
+    /// Connections accepted by [`Port::run`] that are still open.
+    pub fn open_connections(&self) -> usize {
+        self.open.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// After [`Port::run`] returned: waits until every connection it
+    /// accepted has ended, or `grace` has passed. Returns how many were
+    /// still open then (opaque connections, long streams), which the caller
+    /// is about to cut.
+    pub async fn drained(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let closed = self.open.closed.notified();
+            let open = self.open_connections();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.open_connections();
+            }
+        }
+    }
+
+    /// Accepts connections from `listener` until `shutdown` completes, then
+    /// stops accepting and starts draining the HTTP connections it serves
+    /// (see [`HttpProxy::drain`]); [`Port::drained`] waits for them.
     pub async fn run(
         self: Arc<Self>,
         listener: N::Listener,
@@ -184,7 +238,9 @@ impl<N: Network> Port<N> {
                 accepted = listener.accept() => match accepted {
                     Ok((conn, peer)) => {
                         let port = Arc::clone(&self);
+                        let open = OpenGuard::new(&self.open);
                         tokio::spawn(async move {
+                            let _open = open;
                             match port.serve(conn).await {
                                 Ok(served) => debug!(%peer, dst = %served.dst, protocol = ?served.protocol,
                                     tls = served.tls.label(), transferred = ?served.transferred, "connection closed"),
@@ -199,7 +255,10 @@ impl<N: Network> Port<N> {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                () = &mut shutdown => return,
+                () = &mut shutdown => {
+                    self.http.drain();
+                    return;
+                }
             }
         }
     }
@@ -226,9 +285,10 @@ impl<N: Network> Port<N> {
         } = detect(&mut conn, dial, &self.config.detect, &self.clock)
             .await
             .map_err(ConnectionError::Detect)?;
-        let dst = dst.ok_or(ConnectionError::NoDestination)?;
-        debug!(%dst, ?protocol, "detected");
-        let peer = conn.peer_addr().unwrap_or(dst);
+        debug!(?dst, ?protocol, "detected");
+        let peer = conn
+            .peer_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let client = Prefixed::new(buffered, conn);
 
         let client_tls = match (self.config.direction, &protocol) {
@@ -245,6 +305,9 @@ impl<N: Network> Port<N> {
             },
             _ => TlsStatus::Plain(NoTls::NotProvidedByRemote),
         };
+        // A meshed connection names its port in its header; anything else
+        // needs to know where it was going.
+        let dst = dst.ok_or(ConnectionError::NoDestination)?;
         if self.config.direction == Direction::Inbound {
             // Plaintext, or TLS for the application: nobody proved anything.
             self.config

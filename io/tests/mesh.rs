@@ -107,6 +107,8 @@ struct Setup {
     policies: PortPolicies,
     /// The outbound proxy's HTTP settings.
     http: HttpConfig,
+    /// Whether the inbound port has a target for plaintext connections.
+    inbound_target: bool,
 }
 
 impl Setup {
@@ -118,6 +120,7 @@ impl Setup {
             expect: id(API),
             policies: PortPolicies::default(),
             http: HttpConfig::default(),
+            inbound_target: true,
         }
     }
 }
@@ -143,7 +146,10 @@ async fn mesh(app: SocketAddr, setup: Setup) -> Mesh {
         TokioNet,
         PortConfig {
             direction: Direction::Inbound,
-            target: Some(app),
+            // Plaintext connections need a target; meshed ones name their
+            // port in the transport header (the binary's inbound port has
+            // no target at all).
+            target: setup.inbound_target.then_some(app),
             policies: setup.policies,
             ..PortConfig::default()
         },
@@ -203,7 +209,12 @@ fn mutual(s: &str) -> TlsStatus {
 #[tokio::test]
 async fn http1_crosses_the_mesh_as_http2_and_arrives_as_http1() {
     let app = whoami_app().await;
-    let mesh = mesh(app.addr, Setup::new()).await;
+    // No inbound target: meshed connections need none.
+    let setup = Setup {
+        inbound_target: false,
+        ..Setup::new()
+    };
+    let mesh = mesh(app.addr, setup).await;
     let mut client = h1_client(mesh.outbound).await;
     for _ in 0..3 {
         let res = client.send_request(get("/who")).await.unwrap();
@@ -325,7 +336,11 @@ async fn echo_tcp_app() -> SocketAddr {
 #[tokio::test]
 async fn opaque_tcp_crosses_the_mesh_with_half_close() {
     let app = echo_tcp_app().await;
-    let mesh = mesh(app, Setup::new()).await;
+    let setup = Setup {
+        inbound_target: false,
+        ..Setup::new()
+    };
+    let mesh = mesh(app, setup).await;
     let mut client = TcpStream::connect(mesh.outbound).await.unwrap();
     // Not HTTP, not TLS: opaque.
     let payload = vec![0xABu8; 100_000];

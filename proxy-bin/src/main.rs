@@ -1,117 +1,202 @@
-//! The `needle` binary.
+//! The `needle` binary: the sidecar, its configuration check, and the
+//! iptables set-up of a pod.
 //!
-//! Provisional until the sidecar work lands: `needle` runs one proxy port
-//! (by default the outbound port, 127.0.0.1:4140). Each connection's
-//! destination is its original destination when iptables redirected it
-//! (`SO_ORIGINAL_DST`), else `--target`; its protocol is detected by the
-//! core (server-speaks-first protocols are not stalled) and its bytes are
-//! forwarded. HTTP-aware proxying, mTLS, discovery and the admin server
-//! arrive with the data-plane, mesh and sidecar work.
+//! - `needle` (or `needle run`): runs the sidecar with the embedded
+//!   defaults, overridden by a TOML file, `NEEDLE_*` variables and flags.
+//! - `needle check-config [FILE]`: loads the configuration as `run` would,
+//!   prints every setting with where its value came from, and exits 0, or
+//!   exits 2 naming the bad setting.
+//! - `needle settings`: lists every setting with its variable and default.
+//! - `needle init`: installs the iptables rules that send the pod's traffic
+//!   through the sidecar (an init container runs it).
+//!
+//! All proxy logic lives in `needle-io` and `needle-core`; this crate reads
+//! configuration, starts things and stops them.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+mod admin;
+mod config;
+mod discovery_file;
+mod init;
+mod logging;
+mod sidecar;
 
-use clap::Parser;
-use needle_core::detect;
-use needle_io::detect::DetectSettings;
-use needle_io::net::{Network, TokioNet};
-use needle_io::proxy::{Port, PortConfig};
-use tracing::info;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Needle, a service-mesh sidecar proxy (provisional: one detecting TCP proxy port).
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Layers};
+
+/// Needle: a small, fast, secure service-mesh sidecar proxy.
+///
+/// With no arguments it runs the sidecar on its standard ports: outbound
+/// 127.0.0.1:4140 (the application's connections, redirected by iptables),
+/// inbound 0.0.0.0:4143 (connections to the application, mutual TLS between
+/// sidecars) and admin 0.0.0.0:4191 (/metrics /ready /live /config
+/// /log-level /shutdown). Every setting has a default; override it in a
+/// TOML file (--config), with its NEEDLE_* environment variable, or with
+/// --set NAME=VALUE, in increasing order of precedence. `needle
+/// check-config` shows the result; docs/configuration.md lists every
+/// setting.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {
-    /// Address to accept connections on.
-    #[arg(long, env = "NEEDLE_LISTEN_ADDR", default_value = "127.0.0.1:4140")]
-    listen: SocketAddr,
-    /// Where connections go when they were not redirected by iptables.
-    #[arg(long, env = "NEEDLE_TARGET")]
-    target: Option<SocketAddr>,
-    /// Most bytes read before deciding a connection is opaque.
-    #[arg(long, env = "NEEDLE_DETECT_PEEK_LIMIT", default_value_t = detect::Config::default().peek_limit)]
-    detect_peek_limit: usize,
-    /// How long a client may take to show its protocol (e.g. "5s", "500ms").
-    #[arg(long, env = "NEEDLE_DETECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    detect_timeout: Duration,
-    /// How long an opaque connection may stay silent before it is closed.
-    #[arg(long, env = "NEEDLE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// Log filter, in RUST_LOG syntax (e.g. "info", "needle_io=debug").
-    #[arg(long, env = "NEEDLE_LOG", default_value = "info")]
-    log: String,
+#[command(version, about, long_about)]
+struct Cli {
+    /// A TOML configuration file.
+    #[arg(short, long, env = "NEEDLE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Sets one setting, e.g. `--set proxy.idle_timeout=10m` (repeatable;
+    /// overrides the file and the environment).
+    #[arg(long = "set", value_name = "NAME=VALUE", global = true)]
+    set: Vec<String>,
+    /// Shortcut for `--set log.filter=FILTER` (RUST_LOG syntax).
+    #[arg(long, value_name = "FILTER", global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// Parses "250ms", "5s", "2m" or "1h".
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 2m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has unit {unit:?}; expected ms, s, m or h")),
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the sidecar (the default).
+    Run,
+    /// Checks a configuration and prints every setting with its source.
+    CheckConfig {
+        /// The file to check (default: --config / NEEDLE_CONFIG).
+        file: Option<PathBuf>,
+    },
+    /// Lists every setting: name, environment variable, default, meaning.
+    Settings,
+    /// Installs the iptables rules that redirect a pod's TCP traffic
+    /// through Needle (run once per pod, as root with NET_ADMIN).
+    Init {
+        /// User id the proxy runs as: its own connections are not redirected.
+        #[arg(long, default_value_t = 2102)]
+        proxy_uid: u32,
+        /// Where inbound connections are redirected.
+        #[arg(long, default_value_t = 4143)]
+        inbound_port: u16,
+        /// Where outbound connections are redirected.
+        #[arg(long, default_value_t = 4140)]
+        outbound_port: u16,
+        /// Inbound ports not redirected (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "4191")]
+        skip_inbound_ports: Vec<u16>,
+        /// Outbound ports not redirected (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        skip_outbound_ports: Vec<u16>,
+        /// Prints the iptables commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// The iptables binary.
+        #[arg(long, default_value = "iptables")]
+        iptables: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Init {
+            proxy_uid,
+            inbound_port,
+            outbound_port,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            dry_run,
+            iptables,
+        }) => {
+            let rules = init::Rules {
+                proxy_uid,
+                inbound_port,
+                outbound_port,
+                skip_inbound_ports,
+                skip_outbound_ports,
+            };
+            if dry_run {
+                for args in rules.commands() {
+                    println!("{iptables} {}", args.join(" "));
+                }
+                return ExitCode::SUCCESS;
+            }
+            match rules.apply(&iptables) {
+                Ok(()) => {
+                    eprintln!("needle init: iptables rules installed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("needle init: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Settings) => {
+            let defaults = Layers::load(None, Vec::new(), &[]);
+            let defaults: Vec<_> = match &defaults {
+                Ok(l) => l.iter().map(|(n, v, _)| (n, v.to_owned())).collect(),
+                Err(_) => Vec::new(),
+            };
+            for setting in config::SETTINGS {
+                let default = defaults
+                    .iter()
+                    .find(|(n, _)| *n == setting.name)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                println!(
+                    "{} ({}, default {default:?})\n    {}\n",
+                    setting.name,
+                    config::env_name(setting.name),
+                    setting.doc
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { ref file }) => {
+            let file = file.clone().or(cli.config.clone());
+            match load(file.as_deref(), &cli) {
+                Ok((_, layers)) => {
+                    print!("{}", sidecar::render(&layers));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("needle: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Run) | None => {
+            let (config, layers) = match load(cli.config.as_deref(), &cli) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("needle: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let log = logging::init(&config.log_filter, config.log_format);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("needle: starting the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime.block_on(sidecar::run(config, &layers, log))
+        }
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!(
-                "needle: NEEDLE_LOG / --log {:?} is not a valid filter: {e}",
-                args.log
-            );
-            return std::process::ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-
-    let detect = detect::Config {
-        peek_limit: args.detect_peek_limit,
-        timeout: args.detect_timeout,
-    };
-    if let Err(e) = detect.validate() {
-        eprintln!("needle: invalid detection setting (NEEDLE_DETECT_*): {e}");
-        return std::process::ExitCode::from(2);
+/// The configuration from `file`, the environment and the flags.
+fn load(
+    file: Option<&std::path::Path>,
+    cli: &Cli,
+) -> Result<(Config, Layers), config::ConfigError> {
+    let mut flags = cli.set.clone();
+    if let Some(filter) = &cli.log {
+        flags.push(format!("log.filter={filter}"));
     }
-    let config = PortConfig {
-        detect: DetectSettings {
-            detect,
-            ..DetectSettings::default()
-        },
-        target: args.target,
-        idle_timeout: args.idle_timeout,
-        ..PortConfig::default()
-    };
-    let listener = match TokioNet.bind(args.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!(
-                "needle: cannot listen on {} (NEEDLE_LISTEN_ADDR / --listen): {e}",
-                args.listen
-            );
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match args.target {
-        Some(target) => {
-            info!(listen = %args.listen, %target, "needle (provisional) proxying; Ctrl-C stops")
-        }
-        None => {
-            info!(listen = %args.listen, "needle (provisional) proxying redirected connections; Ctrl-C stops")
-        }
-    }
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        info!("stopping");
-    };
-    Port::new(TokioNet, config).run(listener, shutdown).await;
-    std::process::ExitCode::SUCCESS
+    let layers = Layers::load(file, std::env::vars(), &flags)?;
+    let config = Config::from_layers(&layers)?;
+    Ok((config, layers))
 }

@@ -94,6 +94,16 @@ pub struct HttpProxy<N: Network> {
     /// Seeds each destination's RNG in the order destinations are first
     /// seen, so a simulation seed replays every draw.
     seeds: Mutex<StdRng>,
+    /// Set once the proxy drains (see [`HttpProxy::drain`]).
+    drain: tokio::sync::watch::Sender<bool>,
+}
+
+/// Completes once `drain` says the proxy is draining (at once if it
+/// already is); never if the proxy is gone without draining.
+async fn draining(drain: &mut tokio::sync::watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl<N: Network + fmt::Debug> fmt::Debug for HttpProxy<N> {
@@ -133,6 +143,7 @@ impl<N: Network> HttpProxy<N> {
                 next_sweep: tokio::time::Instant::now(),
             }),
             seeds: Mutex::new(seeds),
+            drain: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -184,20 +195,30 @@ impl<N: Network> HttpProxy<N> {
         });
         let config = &self.shared.config;
         let io = TokioIo::new(io);
+        let mut drain = self.drain.subscribe();
         match version {
             HttpVersion::Http1 => {
-                http1::Builder::new()
+                let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(config.header_read_timeout)
                     .max_headers(config.max_headers)
                     .max_header_size(config.max_header_bytes)
                     .auto_date_header(config.auto_date_header)
                     .serve_connection(io, service)
-                    .with_upgrades()
-                    .await
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    served = conn.as_mut() => served,
+                    () = draining(&mut drain) => {
+                        // Answer what is in flight with `connection: close`,
+                        // then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             }
             HttpVersion::Http2 => {
-                http2::Builder::new(TokioExecutor::new())
+                let conn = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(config.h2_max_concurrent_streams)
                     .max_header_list_size(
@@ -207,11 +228,27 @@ impl<N: Network> HttpProxy<N> {
                     .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
                     .max_send_buf_size(config.h2_max_send_buf_size)
                     .auto_date_header(config.auto_date_header)
-                    .serve_connection(io, service)
-                    .await
+                    .serve_connection(io, service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    served = conn.as_mut() => served,
+                    () = draining(&mut drain) => {
+                        // GOAWAY: streams already open finish, no new ones.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             }
         }
         .map_err(HttpError::Serve)
+    }
+
+    /// Starts a graceful shutdown of every client connection, present and
+    /// future: HTTP/1 connections answer their current request with
+    /// `connection: close` and close, HTTP/2 connections send GOAWAY and
+    /// close once their open streams finish.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
     }
 
     /// How many destinations the proxy currently keeps state for.
