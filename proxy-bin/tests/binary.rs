@@ -414,3 +414,19 @@ fn settings_lists_every_setting_with_its_variable_and_default() {
     );
     assert_eq!(text.matches("NEEDLE_").count(), 24, "{text}");
 }
+
+#[test]
+fn the_demo_runs_a_whole_mesh_and_exits_cleanly() {
+    let out = Command::new(NEEDLE)
+        .args(["demo", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("every hop mutual TLS with the right identities: yes"),
+        "{text}"
+    );
+    assert!(text.contains("split      v1 "), "{text}");
+    assert!(text.contains("needle demo: all good"), "{text}");
+}
