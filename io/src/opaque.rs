@@ -90,6 +90,11 @@ where
     }
 }
 
+/// The copy buffer's first size, per direction.
+const MIN_BUF: usize = 2 * 1024;
+/// The size it may grow to under bulk transfer.
+const MAX_BUF: usize = 64 * 1024;
+
 /// One direction: copy until end of stream, then half-close the writer.
 async fn copy_then_shutdown<R, W>(
     reader: &mut R,
@@ -101,7 +106,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small while the connection is quiet or chatty, large when it moves
+    // bulk: a read that fills the buffer doubles it, up to the maximum. A
+    // thousand idle connections then hold a few MiB, not tens.
+    let mut buf = vec![0u8; MIN_BUF];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
@@ -110,6 +118,9 @@ where
             return Ok(());
         }
         writer.write_all(&buf[..n]).await?;
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 2, 0);
+        }
         count.fetch_add(n as u64, Ordering::Relaxed);
         activity.fetch_add(1, Ordering::Relaxed);
     }
