@@ -23,6 +23,7 @@ use crate::detect::{DetectSettings, Detected, detect};
 use crate::discovery::StaticDiscovery;
 use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
 use crate::meta::{ConnMeta, Direction};
+use crate::metrics::Metrics;
 use crate::net::{Connection, Listener, Network};
 use crate::opaque::{self, ForwardError, Transferred};
 use crate::prefixed::Prefixed;
@@ -108,6 +109,7 @@ pub struct Port<N: Network> {
     config: PortConfig,
     clock: Clock,
     http: Arc<HttpProxy<N>>,
+    metrics: Metrics,
 }
 
 impl<N: Network> Port<N> {
@@ -123,14 +125,21 @@ impl<N: Network> Port<N> {
     }
 
     /// A port whose HTTP connections go to `http` (its configuration and
-    /// discovery decide routes, balancing and retries).
+    /// discovery decide routes, balancing and retries). The port records
+    /// into `http`'s [`Metrics`].
     pub fn with_http(network: N, config: PortConfig, http: Arc<HttpProxy<N>>) -> Arc<Self> {
         Arc::new(Port {
             network,
             config,
             clock: Clock::start(),
+            metrics: http.metrics().clone(),
             http,
         })
+    }
+
+    /// Where the port records its metrics (shared with its HTTP proxy).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Accepts connections from `listener` until `shutdown` completes.
@@ -173,6 +182,10 @@ impl<N: Network> Port<N> {
             Ok(Some(dst)) => Some(dst),
             _ => self.config.target,
         };
+        let meta = ConnMeta::plain(self.config.direction);
+        // Counted closed when dropped: on every early return below, or when
+        // the wrapped stream is (which may outlive `serve` for an upgrade).
+        let tcp = self.metrics.tcp_open(meta.direction, dst, &meta.client_tls);
         let Detected {
             protocol,
             buffered,
@@ -186,9 +199,11 @@ impl<N: Network> Port<N> {
         )
         .await
         .map_err(ConnectionError::Detect)?;
+        self.metrics.detected(meta.direction, &protocol);
+        tcp.count_read(buffered.len());
         let dst = dst.ok_or(ConnectionError::NoDestination)?;
         debug!(%dst, ?protocol, "detected");
-        let client = Prefixed::new(buffered, conn);
+        let client = Prefixed::new(buffered, tcp.wrap(conn));
         let version = match protocol {
             Protocol::Http1 { .. } => Some(HttpVersion::Http1),
             Protocol::Http2 => Some(HttpVersion::Http2),
@@ -198,9 +213,7 @@ impl<N: Network> Port<N> {
             // Requests are balanced per request: a connection dialled ahead
             // for a server-first protocol is not needed, so it is closed.
             drop(upstream);
-            self.http
-                .serve(client, version, dst, ConnMeta::plain(self.config.direction))
-                .await?;
+            self.http.serve(client, version, dst, meta).await?;
             return Ok(Served {
                 protocol,
                 dst,

@@ -39,6 +39,7 @@ use super::body::{ProxyBody, boxed};
 use super::config::HttpConfig;
 use crate::discovery::Meshed;
 use crate::meta::{NoTls, TlsStatus};
+use crate::metrics::PeerLabels;
 use crate::net::{Connection, Network};
 
 /// Why a request could not be sent to an endpoint, as the retry policy
@@ -106,6 +107,8 @@ struct Idle {
 pub(crate) struct EndpointClient<N: Network> {
     addr: SocketAddr,
     mesh: Option<Meshed>,
+    /// The endpoint side's metric labels, built once per endpoint.
+    peer: PeerLabels,
     network: N,
     config: Arc<HttpConfig>,
     idle: Mutex<Vec<Idle>>,
@@ -123,6 +126,7 @@ impl<N: Network> EndpointClient<N> {
     ) -> Arc<Self> {
         let client = Arc::new(EndpointClient {
             addr,
+            peer: PeerLabels::new(&tls_status(&mesh)),
             mesh,
             network,
             config,
@@ -144,12 +148,14 @@ impl<N: Network> EndpointClient<N> {
     }
 
     /// The endpoint side's TLS status, as metrics label it.
-    #[expect(dead_code, reason = "labels the endpoint side once metrics land")]
+    #[expect(dead_code, reason = "the mesh's connection code will read it")]
     pub(crate) fn tls_status(&self) -> TlsStatus {
-        match &self.mesh {
-            Some(mesh) => TlsStatus::Mutual(mesh.identity.clone()),
-            None => TlsStatus::Plain(NoTls::NotMeshed),
-        }
+        tls_status(&self.mesh)
+    }
+
+    /// The endpoint side's metric labels (`tls`, `server_id`).
+    pub(crate) fn peer(&self) -> &PeerLabels {
+        &self.peer
     }
 
     /// Idle HTTP/1 connections right now.
@@ -322,6 +328,13 @@ impl<N: Network> EndpointClient<N> {
         });
         *slot = Some(sender.clone());
         Ok(sender)
+    }
+}
+
+fn tls_status(mesh: &Option<Meshed>) -> TlsStatus {
+    match mesh {
+        Some(mesh) => TlsStatus::Mutual(mesh.identity.clone()),
+        None => TlsStatus::Plain(NoTls::NotMeshed),
     }
 }
 

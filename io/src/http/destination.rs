@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use needle_core::accrual::Transition;
 use needle_core::balance::{Balancer, Completion, Dispatch, PickError};
 use needle_core::retry::{
     AttemptOutcome, RequestMeta, RetryBudget, RetryPolicy, RetryState, Step, Timeouts,
@@ -25,11 +26,14 @@ use super::client::EndpointClient;
 use super::config::HttpConfig;
 use super::errors::ProxyError;
 use crate::discovery::Service;
+use crate::metrics::Metrics;
 use crate::net::Network;
 
 /// What routing decided for a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Routed {
+    /// The matched route's metric label (`namespace/name`, or `default`).
+    pub(crate) route: Arc<str>,
     pub(crate) backend: String,
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
@@ -49,6 +53,9 @@ struct BackendState {
 struct Inner<N: Network> {
     updates: watch::Receiver<Arc<Service>>,
     routes: HttpRouteTable<String>,
+    /// Each route's metric label, by index in `routes`: built when the
+    /// routes change, not per request.
+    route_labels: Vec<Arc<str>>,
     backends: BTreeMap<String, BackendState>,
     clients: BTreeMap<SocketAddr, Arc<EndpointClient<N>>>,
     budget: RetryBudget,
@@ -61,6 +68,9 @@ struct Inner<N: Network> {
 pub(crate) struct Destination<N: Network> {
     network: N,
     config: Arc<HttpConfig>,
+    metrics: Metrics,
+    /// `dst` as the `authority` label says it.
+    authority: Arc<str>,
     inner: Mutex<Inner<N>>,
 }
 
@@ -110,11 +120,14 @@ impl<N: Network> Destination<N> {
         mut updates: watch::Receiver<Arc<Service>>,
         seed: u64,
         now: Instant,
+        metrics: Metrics,
+        authority: Arc<str>,
     ) -> Arc<Self> {
         let service = updates.borrow_and_update().clone();
         let mut inner = Inner {
             updates,
             routes: HttpRouteTable::new(Vec::new()),
+            route_labels: Vec::new(),
             backends: BTreeMap::new(),
             clients: BTreeMap::new(),
             budget: RetryBudget::new(config.retry_budget),
@@ -125,8 +138,15 @@ impl<N: Network> Destination<N> {
         Arc::new(Destination {
             network,
             config,
+            metrics,
+            authority,
             inner: Mutex::new(inner),
         })
+    }
+
+    /// The destination as metrics label it.
+    pub(crate) fn authority(&self) -> &Arc<str> {
+        &self.authority
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<N>> {
@@ -148,11 +168,15 @@ impl<N: Network> Destination<N> {
         head: &R,
         now: Instant,
     ) -> Result<Routed, ProxyError> {
-        let mut inner = self.lock();
-        self.refresh(&mut inner, now);
+        let mut guard = self.lock();
+        self.refresh(&mut guard, now);
+        let inner = &mut *guard;
         let selected = inner.routes.select(head).ok_or(ProxyError::NoRoute)?;
+        let route = inner.route_labels.get(selected.rule.route).cloned();
+        let route = route.unwrap_or_else(|| Arc::from("default"));
         let backend = selected.backend.ok_or(ProxyError::NoBackend)?.clone();
         Ok(Routed {
+            route,
             backend,
             timeouts: selected.timeouts,
             retry: selected.retry.clone(),
@@ -211,7 +235,10 @@ impl<N: Network> Destination<N> {
         let mut inner = self.lock();
         let Inner { backends, rng, .. } = &mut *inner;
         if let Some(state) = backends.get_mut(backend).filter(|s| s.epoch == epoch) {
-            state.balancer.complete(now, dispatch, completion, rng);
+            let transition = state.balancer.complete(now, dispatch, completion, rng);
+            if let Some(Transition::Ejected { .. }) = transition {
+                self.metrics.endpoint_ejected(&self.authority, backend);
+            }
         }
     }
 
@@ -281,6 +308,13 @@ fn apply<N: Network>(
         service.routes.clone()
     };
     inner.routes = HttpRouteTable::new(routes);
+    inner.route_labels = (0..)
+        .map_while(|i| inner.routes.route(i))
+        .map(|r| match r.namespace.as_str() {
+            "" => Arc::from(r.name.as_str()),
+            ns => Arc::from(format!("{ns}/{}", r.name)),
+        })
+        .collect();
 
     let mut backends = std::mem::take(&mut inner.backends);
     let mut wanted_addrs = BTreeMap::new();

@@ -44,11 +44,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use body::ProxyBody;
+#[cfg(test)]
+pub(crate) use body::{boxed as body_boxed, full as body_full};
 pub use config::HttpConfig;
 pub use errors::{BoxError, HttpError, NEEDLE_ERROR, ProxyError};
+pub(crate) use headers::grpc_status as grpc_status_of;
 
 use crate::discovery::Discovery;
 use crate::meta::ConnMeta;
+use crate::metrics::{Metrics, Observed};
 use crate::net::Network;
 use destination::Destination;
 
@@ -87,6 +91,7 @@ pub struct HttpProxy<N: Network> {
     shared: Arc<ProxyShared>,
     discovery: Arc<dyn Discovery>,
     destinations: Mutex<Destinations<N>>,
+    metrics: Metrics,
     /// Seeds each destination's RNG in the order destinations are first
     /// seen, so a simulation seed replays every draw.
     seeds: Mutex<StdRng>,
@@ -102,8 +107,20 @@ impl<N: Network + fmt::Debug> fmt::Debug for HttpProxy<N> {
 }
 
 impl<N: Network> HttpProxy<N> {
-    /// A proxy connecting to endpoints over `network`.
+    /// A proxy connecting to endpoints over `network`, recording into a
+    /// registry of its own ([`metrics`](Self::metrics)).
     pub fn new(network: N, config: HttpConfig, discovery: Arc<dyn Discovery>) -> Arc<Self> {
+        HttpProxy::with_metrics(network, config, discovery, Metrics::new())
+    }
+
+    /// A proxy recording into `metrics`, which other proxies and ports may
+    /// share (one registry for the whole sidecar).
+    pub fn with_metrics(
+        network: N,
+        config: HttpConfig,
+        discovery: Arc<dyn Discovery>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         let seeds = StdRng::seed_from_u64(config.rng_seed);
         Arc::new(HttpProxy {
             network,
@@ -116,8 +133,14 @@ impl<N: Network> HttpProxy<N> {
                 by_addr: BTreeMap::new(),
                 next_sweep: tokio::time::Instant::now(),
             }),
+            metrics,
             seeds: Mutex::new(seeds),
         })
+    }
+
+    /// Where the proxy records its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The proxy's configuration.
@@ -142,12 +165,22 @@ impl<N: Network> HttpProxy<N> {
     {
         let destination = self.destination(dst);
         let shared = self.shared.clone();
-        // Not read yet: authorization and metrics label requests with it.
-        let _meta = meta;
+        let metrics = Arc::new(self.metrics.http_conn(
+            meta.direction,
+            destination.authority().clone(),
+            &meta.client_tls,
+        ));
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let destination = destination.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, destination, version, req).await) }
+            let metrics = metrics.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let mut observed = Observed::default();
+                let res = forward::handle(shared, destination, version, req, &mut observed).await;
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                Ok::<_, Infallible>(metrics.record(elapsed_ms, observed, res))
+            }
         });
         let config = &self.shared.config;
         let io = TokioIo::new(io);
@@ -201,8 +234,15 @@ impl<N: Network> HttpProxy<N> {
         let mut destinations = self.lock_destinations();
         if now >= destinations.next_sweep {
             destinations.by_addr.retain(|_, cached| {
-                Arc::strong_count(&cached.destination) > 1
-                    || now.saturating_duration_since(cached.last_used) < idle_timeout
+                let keep = Arc::strong_count(&cached.destination) > 1
+                    || now.saturating_duration_since(cached.last_used) < idle_timeout;
+                if !keep {
+                    // Its series go with it, so label sets stay bounded by
+                    // the destinations the proxy knows.
+                    self.metrics
+                        .forget_authority(cached.destination.authority());
+                }
+                keep
             });
             destinations.next_sweep = now + idle_timeout / 2;
         }
@@ -219,6 +259,8 @@ impl<N: Network> HttpProxy<N> {
                     self.discovery.resolve(dst),
                     seed,
                     self.shared.now(),
+                    self.metrics.clone(),
+                    Arc::from(dst.to_string()),
                 ),
                 last_used: now,
             }
