@@ -16,11 +16,12 @@
 //!
 //! Label strings are built once per connection (the destination, the
 //! client's identity), per destination (route names) or per endpoint (its
-//! identity) and shared as `Arc<str>`. A request costs three hashed look-ups
-//! under read locks (requests, latency, responses), one histogram
-//! observation and one extra boxed response body; bytes cost one relaxed
-//! atomic add per read or write call on the accepted socket (see
-//! [`tcp`]).
+//! identity) and shared as `Arc<str>`; each connection resolves the series
+//! of the label sets its requests use once and keeps them, so a request
+//! costs no hash look-up: a short scan under an uncontended lock, two
+//! atomic adds, one histogram observation and one extra boxed response
+//! body (measured in `docs/metrics.md`). Bytes cost one relaxed atomic add
+//! per read or write call on the accepted socket (see [`tcp`]).
 //!
 //! ## Bounded label sets
 //!

@@ -11,12 +11,14 @@
 //! trailers.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Response;
 use hyper::body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{Metrics, PeerLabels, RequestLabels, ResponseLabels, RouteLabels};
 use crate::http::{BoxError, ProxyBody};
@@ -36,15 +38,38 @@ pub(crate) struct Observed {
     pub(crate) budget_exhausted: bool,
 }
 
+/// How many label sets a connection keeps resolved: a connection's requests
+/// normally share one or two (its route, its endpoints' TLS status), so a
+/// few cover it; past that the oldest is dropped and looked up again later.
+const RESOLVED_PER_CONNECTION: usize = 8;
+
 /// The recorder of one HTTP client connection: the labels that do not
-/// change between its requests, built once.
+/// change between its requests, built once, and the series its requests
+/// used, resolved once. A request whose labels match a resolved set costs
+/// no hash look-up: a short scan under an uncontended lock, two atomic
+/// adds and a histogram observation.
 #[derive(Debug)]
 pub(crate) struct HttpConnMetrics {
     metrics: Metrics,
     direction: Direction,
     authority: Arc<str>,
     client: PeerLabels,
+    /// Most recently used first.
+    resolved: Mutex<Vec<Arc<Resolved>>>,
 }
+
+/// One request label set's series.
+#[derive(Debug)]
+struct Resolved {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
+    /// Response counters by status, gRPC status and breakage: few per
+    /// label set in practice, and bounded by the statuses in use.
+    responses: Mutex<Vec<(ResponseKey, Counter)>>,
+}
+
+type ResponseKey = (u16, Option<u32>, bool);
 
 impl HttpConnMetrics {
     pub(super) fn new(
@@ -58,7 +83,43 @@ impl HttpConnMetrics {
             direction,
             authority,
             client,
+            resolved: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The series of requests labelled `peer` and `route` on this
+    /// connection, resolved on first use.
+    fn resolve(&self, peer: Option<&PeerLabels>, route: Option<&Arc<str>>) -> Arc<Resolved> {
+        let mut resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = resolved
+            .iter()
+            .position(|r| r.labels.peer.as_ref() == peer && r.labels.route.as_ref() == route);
+        if let Some(i) = found {
+            if i > 0 {
+                let hit = resolved.remove(i);
+                resolved.insert(0, hit);
+            }
+            return resolved[0].clone();
+        }
+        let labels = RequestLabels {
+            direction: self.direction,
+            authority: self.authority.clone(),
+            peer: peer.cloned(),
+            route: route.cloned(),
+        };
+        let m = &self.metrics;
+        let index = |s: &mut super::Series| s.requests.insert(labels.clone());
+        let requests = m.owned(&m.inner.requests, &labels, index);
+        let latency = m.owned(&m.inner.latency, &labels, |_| false);
+        let entry = Arc::new(Resolved {
+            labels,
+            requests,
+            latency,
+            responses: Mutex::new(Vec::new()),
+        });
+        resolved.truncate(RESOLVED_PER_CONNECTION - 1);
+        resolved.insert(0, entry.clone());
+        entry
     }
 
     /// Records a request answered with `res` (its head), `elapsed_ms` after
@@ -70,90 +131,88 @@ impl HttpConnMetrics {
         observed: Observed,
         res: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        let m = &self.metrics;
-        let inner = &*m.inner;
         // Inbound: the calling side; outbound: the endpoint that answered.
         let peer = match self.direction {
-            Direction::Inbound => Some(self.client.clone()),
-            Direction::Outbound => observed.endpoint,
+            Direction::Inbound => Some(&self.client),
+            Direction::Outbound => observed.endpoint.as_ref(),
         };
-        let request = RequestLabels {
+        let resolved = self.resolve(peer, observed.route.as_ref());
+        resolved.requests.inc();
+        resolved.latency.observe(elapsed_ms);
+        if observed.retries > 0 || observed.budget_exhausted {
+            self.record_retries(&observed);
+        }
+        let pending = PendingResponse {
+            metrics: self.metrics.clone(),
+            resolved: Some(resolved),
+            key: (
+                res.status().as_u16(),
+                crate::http::grpc_status_of(res.headers()),
+                false,
+            ),
+        };
+        res.map(|body| http_body_util::BodyExt::boxed_unsync(RecordedBody { body, pending }))
+    }
+
+    /// Retries are the exception: looked up in their families each time.
+    fn record_retries(&self, observed: &Observed) {
+        let Some(route) = &observed.route else {
+            return;
+        };
+        let m = &self.metrics;
+        let labels = RouteLabels {
             direction: self.direction,
             authority: self.authority.clone(),
-            peer,
-            route: observed.route,
+            route: route.clone(),
         };
-        let index = |s: &mut super::Series| s.requests.insert(request.clone());
-        m.with(&inner.requests, &request, index, |c| {
-            c.inc();
-        });
-        m.with(
-            &inner.latency,
-            &request,
-            |_| false,
-            |h| h.observe(elapsed_ms),
-        );
-        if let Some(route) = request
-            .route
-            .as_ref()
-            .filter(|_| observed.retries > 0 || observed.budget_exhausted)
-        {
-            let labels = RouteLabels {
-                direction: self.direction,
-                authority: self.authority.clone(),
-                route: route.clone(),
-            };
+        if observed.retries > 0 {
             let index = |s: &mut super::Series| s.routes.insert(labels.clone());
-            if observed.retries > 0 {
-                m.with(&inner.retries, &labels, index, |c| {
-                    c.inc_by(u64::from(observed.retries));
-                });
-            }
-            if observed.budget_exhausted {
-                let index = |s: &mut super::Series| s.routes.insert(labels.clone());
-                m.with(&inner.budget_exhausted, &labels, index, |c| {
-                    c.inc();
-                });
-            }
+            m.with(&m.inner.retries, &labels, index, |c| {
+                c.inc_by(u64::from(observed.retries));
+            });
         }
-        let labels = ResponseLabels {
-            grpc_status: crate::http::grpc_status_of(res.headers()),
-            status_code: res.status().as_u16(),
-            broken: false,
-            request,
-        };
-        let recorder = PendingResponse {
-            metrics: m.clone(),
-            labels: Some(labels),
-        };
-        res.map(|body| {
-            http_body_util::BodyExt::boxed_unsync(RecordedBody {
-                body,
-                pending: recorder,
-            })
-        })
+        if observed.budget_exhausted {
+            let index = |s: &mut super::Series| s.routes.insert(labels.clone());
+            m.with(&m.inner.budget_exhausted, &labels, index, |c| {
+                c.inc();
+            });
+        }
     }
 }
 
 /// A response not recorded yet; records itself at the latest when dropped.
 struct PendingResponse {
     metrics: Metrics,
-    labels: Option<ResponseLabels>,
+    resolved: Option<Arc<Resolved>>,
+    /// Status, gRPC status, whether the stream broke.
+    key: ResponseKey,
 }
 
 impl PendingResponse {
-    fn finish(&mut self, failed_midway: bool) {
-        let Some(mut labels) = self.labels.take() else {
+    fn finish(&mut self) {
+        let Some(resolved) = self.resolved.take() else {
             return;
         };
-        // A stream that broke after its head cannot be a success, whatever
-        // the head said.
-        labels.broken = failed_midway;
-        let inner = &*self.metrics.inner;
+        let mut responses = resolved
+            .responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, counter)) = responses.iter().find(|(k, _)| *k == self.key) {
+            counter.inc();
+            return;
+        }
+        let (status_code, grpc_status, broken) = self.key;
+        let labels = ResponseLabels {
+            request: resolved.labels.clone(),
+            status_code,
+            grpc_status,
+            broken,
+        };
+        let m = &self.metrics;
         let index = |s: &mut super::Series| s.responses.insert(labels.clone());
-        self.metrics.with(&inner.responses, &labels, index, |c| {
-            c.inc();
-        });
+        let counter = m.owned(&m.inner.responses, &labels, index);
+        counter.inc();
+        responses.push((self.key, counter));
     }
 }
 
@@ -161,7 +220,7 @@ impl Drop for PendingResponse {
     /// A body dropped before its end (the client went away, or hyper had
     /// no need to poll an empty body) is recorded as its head said.
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish();
     }
 }
 
@@ -183,16 +242,20 @@ impl Body for RecordedBody {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                let grpc = frame.trailers_ref().and_then(crate::http::grpc_status_of);
-                if let (Some(grpc), Some(labels)) = (grpc, this.pending.labels.as_mut()) {
-                    labels.grpc_status = Some(grpc);
+                if let Some(grpc) = frame.trailers_ref().and_then(crate::http::grpc_status_of) {
+                    this.pending.key.1 = Some(grpc);
                 }
                 if this.body.is_end_stream() {
-                    this.pending.finish(false);
+                    this.pending.finish();
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.pending.finish(true),
-            Poll::Ready(None) => this.pending.finish(false),
+            Poll::Ready(Some(Err(_))) => {
+                // A stream that broke after its head cannot be a success,
+                // whatever the head said.
+                this.pending.key.2 = true;
+                this.pending.finish();
+            }
+            Poll::Ready(None) => this.pending.finish(),
             Poll::Pending => {}
         }
         polled

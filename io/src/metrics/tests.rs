@@ -360,3 +360,74 @@ fn detection_outcomes_and_certificate_expiry() {
         1.8e9
     );
 }
+
+/// The cost of recording one request (request, latency, response on drop)
+/// and of counting one read and one write. A measurement, not a check:
+/// `cargo test --release -p needle-io --lib record_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement; run in release"]
+async fn record_cost() {
+    let metrics = Metrics::new();
+    let conn = metrics.http_conn(
+        Direction::Outbound,
+        Arc::from("10.0.0.1:80"),
+        &TlsStatus::Plain(NoTls::NotProvidedByRemote),
+    );
+    let endpoint = PeerLabels::new(&TlsStatus::Mutual(id("spiffe://td/ns/a/sa/web")));
+    let route: Arc<str> = Arc::from("shop/checkout");
+    let n = 200_000u32;
+    // The response the proxy would forward anyway; only recording differs.
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        drop(std::hint::black_box(Response::new(body(""))));
+    }
+    let baseline = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let observed = Observed {
+            route: Some(route.clone()),
+            endpoint: Some(endpoint.clone()),
+            ..Observed::default()
+        };
+        drop(std::hint::black_box(conn.record(
+            f64::from(i % 100),
+            observed,
+            Response::new(body("")),
+        )));
+    }
+    let recorded = started.elapsed();
+    let per = |d: Duration| d.as_nanos() as f64 / f64::from(n);
+    println!(
+        "record a request: {:.0} ns (response alone {:.0} ns)",
+        per(recorded) - per(baseline),
+        per(baseline)
+    );
+
+    let tls = TlsStatus::Plain(NoTls::NotProvidedByRemote);
+    let target = "127.0.0.1:9000".parse().unwrap();
+    let (near, mut far) = tokio::io::duplex(1 << 16);
+    let (mut plain, mut plain_far) = tokio::io::duplex(1 << 16);
+    let mut counted = metrics
+        .tcp_open(Direction::Inbound, Some(target), &tls)
+        .wrap(near);
+    let mut buf = [0u8; 64];
+    let rounds = 100_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        plain_far.write_all(&buf).await.unwrap();
+        plain.read_exact(&mut buf).await.unwrap();
+    }
+    let plain_t = started.elapsed();
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        far.write_all(&buf).await.unwrap();
+        counted.read_exact(&mut buf).await.unwrap();
+    }
+    let counted_t = started.elapsed();
+    let per = |d: Duration| d.as_nanos() as f64 / f64::from(rounds);
+    println!(
+        "count a read: {:.1} ns (an in-memory 64-byte read alone {:.0} ns)",
+        per(counted_t) - per(plain_t),
+        per(plain_t)
+    );
+}
