@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -29,68 +28,6 @@ use needle_io::net::TokioNet;
 use needle_io::proxy::{Port, PortConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// The samples of a text exposition.
-fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap();
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            (name.to_owned(), labels, value.parse().unwrap())
-        })
-        .collect()
-}
-
-/// The series named `name` as `label set (sorted "k=v" pairs) -> value`.
-fn series(metrics: &Metrics, name: &str) -> BTreeMap<String, f64> {
-    parse(&metrics.encode())
-        .into_iter()
-        .filter(|(n, _, _)| n == name)
-        .map(|(_, labels, v)| {
-            let key: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            (key.join(","), v)
-        })
-        .collect()
-}
-
-/// `series`, expected to be exactly these.
-fn expect(metrics: &Metrics, name: &str, want: &[(&str, f64)]) {
-    // Labels in any order: sorted as `series` sorts them.
-    let sorted = |k: &str| {
-        let mut pairs: Vec<&str> = k.split(',').filter(|p| !p.is_empty()).collect();
-        pairs.sort_unstable();
-        pairs.join(",")
-    };
-    let want: BTreeMap<String, f64> = want.iter().map(|(k, v)| (sorted(k), *v)).collect();
-    assert_eq!(series(metrics, name), want, "{name}");
-}
-
-/// Waits until every accepted connection has been closed (the proxy's side
-/// of a close the client started lands a moment later).
-async fn all_closed(metrics: &Metrics) {
-    for _ in 0..500 {
-        let open = series(metrics, "tcp_open_connections");
-        if !open.is_empty() && open.values().all(|v| *v == 0.0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("connections still open:\n{}", metrics.encode());
-}
 
 /// A port on loopback, forwarding to `target` through `http`.
 async fn port_via(
