@@ -147,7 +147,7 @@ impl HttpConnMetrics {
             resolved: Some(resolved),
             key: (
                 res.status().as_u16(),
-                crate::http::grpc_status_of(res.headers()),
+                crate::http::grpc_status_of(res.headers()).map(grpc_label),
                 false,
             ),
         };
@@ -178,6 +178,13 @@ impl HttpConnMetrics {
             });
         }
     }
+}
+
+/// The `grpc_status` label of a status code: codes gRPC does not define
+/// are `UNKNOWN` (2), as gRPC clients read them, so an endpoint cannot mint
+/// new series by inventing codes.
+pub(crate) fn grpc_label(code: u32) -> u32 {
+    if code <= 16 { code } else { 2 }
 }
 
 /// A response not recorded yet; records itself at the latest when dropped.
@@ -243,7 +250,7 @@ impl Body for RecordedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(grpc) = frame.trailers_ref().and_then(crate::http::grpc_status_of) {
-                    this.pending.key.1 = Some(grpc);
+                    this.pending.key.1 = Some(grpc_label(grpc));
                 }
                 if this.body.is_end_stream() {
                     this.pending.finish();

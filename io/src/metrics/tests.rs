@@ -431,3 +431,12 @@ async fn record_cost() {
         per(plain_t)
     );
 }
+
+#[test]
+fn grpc_codes_outside_the_spec_are_unknown() {
+    use super::request::grpc_label;
+    assert_eq!(grpc_label(0), 0);
+    assert_eq!(grpc_label(16), 16);
+    assert_eq!(grpc_label(17), 2);
+    assert_eq!(grpc_label(u32::MAX), 2);
+}
