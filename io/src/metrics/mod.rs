@@ -282,6 +282,19 @@ impl Metrics {
         TcpConn::open(self, labels)
     }
 
+    /// An accepted connection whose TLS status is not known yet (inbound,
+    /// before its handshake): label it with [`TcpConn::set_tls`]; it counts
+    /// as opened then, with the bytes it moved meanwhile. One never
+    /// labelled closes as `not_provided_by_remote`.
+    pub fn tcp_accept(&self, direction: Direction, target: Option<SocketAddr>) -> TcpConn {
+        let labels = TcpLabels {
+            direction,
+            target_addr: target.map(|t| Arc::from(t.to_string())),
+            peer: PeerLabels::new(&TlsStatus::Plain(crate::meta::NoTls::NotProvidedByRemote)),
+        };
+        TcpConn::accept(self, labels)
+    }
+
     /// The per-connection recorder of an HTTP connection to `authority`.
     pub(crate) fn http_conn(
         &self,

@@ -298,7 +298,7 @@ async fn bytes_opens_and_closes_are_counted_per_connection() {
     assert_eq!(value(&samples, "tcp_close_total", &labels), 0.0);
     assert_eq!(value(&samples, "tcp_read_bytes_total", &labels), 8.0);
     assert_eq!(value(&samples, "tcp_write_bytes_total", &labels), 10.0);
-    drop(counted);
+    drop((counted, conn));
     let samples = parse(&metrics.encode());
     assert_eq!(value(&samples, "tcp_open_connections", &labels), 0.0);
     assert_eq!(value(&samples, "tcp_close_total", &labels), 1.0);
@@ -439,4 +439,53 @@ fn grpc_codes_outside_the_spec_are_unknown() {
     assert_eq!(grpc_label(16), 16);
     assert_eq!(grpc_label(17), 2);
     assert_eq!(grpc_label(u32::MAX), 2);
+}
+
+#[tokio::test]
+async fn a_connection_labelled_after_its_handshake_keeps_its_earlier_bytes() {
+    let metrics = Metrics::new();
+    let target: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let conn = metrics.tcp_accept(Direction::Inbound, Some(target));
+    conn.count_read(7);
+    let (near, mut far) = tokio::io::duplex(64);
+    let mut counted = conn.wrap(near);
+    far.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    counted.read_exact(&mut buf).await.unwrap();
+    counted.write_all(b"abc").await.unwrap();
+    // Not labelled yet: nothing shown, nothing lost.
+    assert_eq!(metrics.encode(), "");
+    let client = TlsStatus::Mutual(id("spiffe://td/ns/b/sa/client"));
+    assert!(conn.set_tls(&client));
+    assert!(
+        !conn.set_tls(&TlsStatus::Plain(NoTls::Passthrough)),
+        "first wins"
+    );
+    counted.write_all(b"de").await.unwrap();
+    let labels = [
+        ("direction", "inbound"),
+        ("target_addr", "127.0.0.1:8080"),
+        ("tls", "true"),
+        ("client_id", "spiffe://td/ns/b/sa/client"),
+    ];
+    let samples = parse(&metrics.encode());
+    assert_eq!(value(&samples, "tcp_open_total", &labels), 1.0);
+    assert_eq!(value(&samples, "tcp_read_bytes_total", &labels), 12.0);
+    assert_eq!(value(&samples, "tcp_write_bytes_total", &labels), 5.0);
+    // Closed when the last handle (the port's and the stream's) goes.
+    drop(conn);
+    let samples = parse(&metrics.encode());
+    assert_eq!(value(&samples, "tcp_open_connections", &labels), 1.0);
+    drop(counted);
+    let samples = parse(&metrics.encode());
+    assert_eq!(value(&samples, "tcp_open_connections", &labels), 0.0);
+    assert_eq!(value(&samples, "tcp_close_total", &labels), 1.0);
+
+    // Never labelled (closed during detection): opened and closed as plain.
+    drop(metrics.tcp_accept(Direction::Inbound, Some(target)));
+    let samples = parse(&metrics.encode());
+    let plain = [("tls", "not_provided_by_remote"), ("direction", "inbound")];
+    assert_eq!(value(&samples, "tcp_open_total", &plain), 1.0);
+    assert_eq!(value(&samples, "tcp_close_total", &plain), 1.0);
+    assert_eq!(value(&samples, "tcp_open_connections", &plain), 0.0);
 }
