@@ -22,12 +22,15 @@
 //!   established stream.
 //! - [`discovery`]: where a destination's requests may go, watched for
 //!   changes.
+//! - [`metrics`]: golden metrics (Linkerd-compatible names and labels) and
+//!   their Prometheus text exposition.
 
 pub mod clock;
 pub mod detect;
 pub mod discovery;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod net;
 pub mod opaque;
 mod original_dst;

@@ -27,6 +27,7 @@ use crate::detect::{DetectSettings, Detected, Dial, detect};
 use crate::discovery::{Meshed, StaticDiscovery};
 use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
 use crate::meta::{ConnMeta, Direction, NoTls, TlsStatus};
+use crate::metrics::{Counted, Metrics};
 use crate::net::{Connection, Listener, Network};
 use crate::opaque::{self, ForwardError, Transferred};
 use crate::prefixed::Prefixed;
@@ -147,6 +148,7 @@ pub struct Port<N: Network> {
     http: Arc<HttpProxy<N>>,
     /// Connections accepted by [`Port::run`] and not yet ended.
     open: Arc<OpenConnections>,
+    metrics: Metrics,
 }
 
 /// A count of open connections that can be waited on to reach zero.
@@ -190,15 +192,22 @@ impl<N: Network> Port<N> {
     /// A port whose HTTP connections go to `http` (its configuration and
     /// discovery decide routes, balancing and retries; its identity, if
     /// any, is the port's: inbound it terminates mTLS addressed to it,
-    /// outbound it originates mTLS to meshed destinations).
+    /// outbound it originates mTLS to meshed destinations). The port
+    /// records into `http`'s [`Metrics`].
     pub fn with_http(network: N, config: PortConfig, http: Arc<HttpProxy<N>>) -> Arc<Self> {
         Arc::new(Port {
             network,
             config,
             clock: Clock::start(),
+            metrics: http.metrics().clone(),
             http,
             open: Arc::default(),
         })
+    }
+
+    /// Where the port records its metrics (shared with its HTTP proxy).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Connections accepted by [`Port::run`] that are still open.
@@ -278,6 +287,10 @@ impl<N: Network> Port<N> {
             Direction::Inbound => None,
         };
         let dial = dst.map(|dst| self.dialer(dst, mesh.clone()));
+        // Counted closed when dropped: on every early return below, or when
+        // the wrapped stream is (which may outlive `serve` for an upgrade).
+        // Labelled with its TLS status once that is known.
+        let tcp = self.metrics.tcp_accept(self.config.direction, dst);
         let Detected {
             protocol,
             buffered,
@@ -285,11 +298,13 @@ impl<N: Network> Port<N> {
         } = detect(&mut conn, dial, &self.config.detect, &self.clock)
             .await
             .map_err(ConnectionError::Detect)?;
+        self.metrics.detected(self.config.direction, &protocol);
+        tcp.count_read(buffered.len());
         debug!(?dst, ?protocol, "detected");
         let peer = conn
             .peer_addr()
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let client = Prefixed::new(buffered, conn);
+        let client = Prefixed::new(buffered, tcp.wrap(conn));
 
         let client_tls = match (self.config.direction, &protocol) {
             (Direction::Inbound, Protocol::Tls(hello)) => match self.http.identity() {
@@ -314,9 +329,10 @@ impl<N: Network> Port<N> {
                 .policies
                 .authorize(dst.port(), &Peer::Unauthenticated)?;
         }
+        client.get_ref().conn().set_tls(&client_tls);
         let meta = ConnMeta {
             direction: self.config.direction,
-            client_tls: client_tls.clone(),
+            client_tls,
         };
         self.forward(client, protocol, dst, meta, upstream, mesh)
             .await
@@ -326,7 +342,7 @@ impl<N: Network> Port<N> {
     /// peer for the port its header names, and serve what is inside.
     async fn serve_meshed(
         &self,
-        client: Prefixed<N::Stream>,
+        client: Prefixed<Counted<N::Stream>>,
         peer: SocketAddr,
         outer: Protocol,
         identity: &Arc<MeshIdentity>,
@@ -335,6 +351,8 @@ impl<N: Network> Port<N> {
             .await
             .map_err(|source| ConnectionError::Mesh { peer, source })?;
         let peer_id = accepted.established.peer.clone();
+        let tls = TlsStatus::Mutual(peer_id.clone());
+        accepted.stream.get_ref().get_ref().conn().set_tls(&tls);
         let dst = SocketAddr::new(self.config.app_ip, accepted.header.port);
         self.config
             .policies
@@ -374,7 +392,7 @@ impl<N: Network> Port<N> {
     /// Hands a detected connection to HTTP or forwards it byte for byte.
     async fn forward(
         &self,
-        client: Prefixed<N::Stream>,
+        client: Prefixed<Counted<N::Stream>>,
         protocol: Protocol,
         dst: SocketAddr,
         meta: ConnMeta,

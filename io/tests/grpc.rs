@@ -301,3 +301,57 @@ async fn grpc_unavailable_is_not_retried_by_default() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn grpc_calls_through_a_port_are_counted_with_their_status() {
+    use needle_io::meta::Direction;
+    use needle_io::net::TokioNet;
+    use needle_io::proxy::{Port, PortConfig};
+
+    let server = grpc_server().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = PortConfig {
+        direction: Direction::Inbound,
+        target: Some(server),
+        ..PortConfig::default()
+    };
+    let port = Port::new(TokioNet, config);
+    let metrics = port.metrics().clone();
+    tokio::spawn(port.run(listener, std::future::pending()));
+
+    let mut client = channel(addr).await;
+    for i in 0..3 {
+        unary(&mut client, &format!("hi{i}")).await.unwrap();
+    }
+    let err = unary(&mut client, "missing").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    drop(client);
+    all_closed(&metrics).await;
+
+    let req =
+        format!("authority={server},direction=inbound,route=default,tls=not_provided_by_remote");
+    expect(&metrics, "request_total", &[(&req, 4.0)]);
+    expect(
+        &metrics,
+        "response_total",
+        &[
+            (
+                &format!("{req},classification=success,grpc_status=0,status_code=200"),
+                3.0,
+            ),
+            (
+                &format!("{req},classification=failure,grpc_status=5,status_code=200"),
+                1.0,
+            ),
+        ],
+    );
+    expect(
+        &metrics,
+        "detect_total",
+        &[("direction=inbound,protocol=h2,reason=detected", 1.0)],
+    );
+    let tcp = format!("direction=inbound,peer=src,target_addr={server},tls=not_provided_by_remote");
+    expect(&metrics, "tcp_close_total", &[(&tcp, 1.0)]);
+    expect(&metrics, "tcp_open_connections", &[(&tcp, 0.0)]);
+}

@@ -25,6 +25,7 @@ use needle_core::identity::SpiffeId;
 use needle_io::discovery::{Endpoint, Meshed, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy};
 use needle_io::meta::{Direction, NoTls, TlsStatus};
+use needle_io::metrics::Metrics;
 use needle_io::net::TokioNet;
 use needle_io::proxy::{Port, PortConfig, Served};
 use needle_io::tls::{CredentialFiles, MeshIdentity, WallClock};
@@ -131,16 +132,32 @@ struct Mesh {
     /// destination" is the application).
     outbound: SocketAddr,
     outbound_log: Log,
+    outbound_metrics: Metrics,
     inbound: SocketAddr,
     inbound_log: Log,
+    inbound_metrics: Metrics,
+}
+
+/// The value of the one series of `name` whose labels include all of
+/// `labels` (`k=v`), or 0.
+fn value(metrics: &Metrics, name: &str, labels: &[&str]) -> f64 {
+    let matching: Vec<f64> = series(metrics, name)
+        .into_iter()
+        .filter(|(key, _)| labels.iter().all(|l| key.split(',').any(|kv| kv == *l)))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(matching.len() <= 1, "{name} {labels:?}: {matching:?}");
+    matching.first().copied().unwrap_or(0.0)
 }
 
 async fn mesh(app: SocketAddr, setup: Setup) -> Mesh {
+    let inbound_metrics = Metrics::new();
     let inbound_http = HttpProxy::meshed(
         TokioNet,
         HttpConfig::default(),
         StaticDiscovery::new(),
         Some(setup.api),
+        inbound_metrics.clone(),
     );
     let inbound_port = Port::with_http(
         TokioNet,
@@ -166,7 +183,14 @@ async fn mesh(app: SocketAddr, setup: Setup) -> Mesh {
         app,
         Service::with_endpoints([Endpoint::meshed(app, meshed)]),
     );
-    let outbound_http = HttpProxy::meshed(TokioNet, setup.http, discovery, Some(setup.web));
+    let outbound_metrics = Metrics::new();
+    let outbound_http = HttpProxy::meshed(
+        TokioNet,
+        setup.http,
+        discovery,
+        Some(setup.web),
+        outbound_metrics.clone(),
+    );
     let outbound_port = Port::with_http(
         TokioNet,
         PortConfig {
@@ -180,8 +204,10 @@ async fn mesh(app: SocketAddr, setup: Setup) -> Mesh {
     Mesh {
         outbound,
         outbound_log,
+        outbound_metrics,
         inbound,
         inbound_log,
+        inbound_metrics,
     }
 }
 
@@ -232,6 +258,37 @@ async fn http1_crosses_the_mesh_as_http2_and_arrives_as_http1() {
         "one connection between the proxies"
     );
     assert_eq!(app.requests(), 3);
+
+    // Both sides' golden metrics say mutual TLS, with the right identities.
+    let server_id = format!("server_id={API}");
+    let client_id = format!("client_id={WEB}");
+    let outbound = ["direction=outbound", "tls=true", server_id.as_str()];
+    assert_eq!(
+        value(&mesh.outbound_metrics, "request_total", &outbound),
+        3.0,
+        "{}",
+        mesh.outbound_metrics.encode()
+    );
+    let inbound = ["direction=inbound", "tls=true", client_id.as_str()];
+    assert_eq!(
+        value(&mesh.inbound_metrics, "request_total", &inbound),
+        3.0,
+        "{}",
+        mesh.inbound_metrics.encode()
+    );
+    assert_eq!(
+        value(&mesh.inbound_metrics, "tcp_open_total", &inbound),
+        1.0
+    );
+    // The client's own connection to the outbound proxy is plaintext.
+    assert_eq!(
+        value(
+            &mesh.outbound_metrics,
+            "tcp_open_total",
+            &["direction=outbound", "tls=not_provided_by_remote"]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -361,6 +418,12 @@ async fn opaque_tcp_crosses_the_mesh_with_half_close() {
     let moved = served.transferred.unwrap();
     assert_eq!(moved.client_to_server, 100_000);
     assert_eq!(moved.server_to_client, 100_000);
+    // The inbound side counts the TLS records it read and wrote: more than
+    // the payload, labelled with the peer's identity.
+    let client_id = format!("client_id={WEB}");
+    let inbound = ["direction=inbound", "tls=true", client_id.as_str()];
+    let read = value(&mesh.inbound_metrics, "tcp_read_bytes_total", &inbound);
+    assert!(read > 100_000.0, "{}", mesh.inbound_metrics.encode());
 }
 
 #[tokio::test]

@@ -100,9 +100,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
             let mut res = text(StatusCode::OK, (admin.metrics)());
             res.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                http::HeaderValue::from_static(needle_io::metrics::CONTENT_TYPE),
             );
             res
         }

@@ -30,6 +30,7 @@ use needle_core::route::{HttpMatch, Route, Rule, Split};
 use needle_io::discovery::{Backend, Endpoint, Meshed, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy};
 use needle_io::meta::Direction;
+use needle_io::metrics::Metrics;
 use needle_io::net::{Network, TokioNet};
 use needle_io::proxy::{Port, PortConfig};
 use needle_io::tls::{MeshIdentity, WallClock};
@@ -93,6 +94,7 @@ async fn demo(traffic: Duration) -> Result<bool, DemoError> {
             HttpConfig::default(),
             StaticDiscovery::new(),
             Some(shop),
+            Metrics::new(),
         ),
     );
     let inbound_addr = serve(inbound.clone()).await?;
@@ -147,7 +149,13 @@ async fn demo(traffic: Duration) -> Result<bool, DemoError> {
         },
     );
     discovery.set(echo, Service::with_endpoints([meshed(echo)]));
-    let http = HttpProxy::meshed(TokioNet, HttpConfig::default(), discovery, Some(web));
+    let http = HttpProxy::meshed(
+        TokioNet,
+        HttpConfig::default(),
+        discovery,
+        Some(web),
+        Metrics::new(),
+    );
     let outbound_http = Port::with_http(
         TokioNet,
         PortConfig {

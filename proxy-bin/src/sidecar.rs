@@ -16,6 +16,7 @@ use needle_io::detect::DetectSettings;
 use needle_io::discovery::StaticDiscovery;
 use needle_io::http::{HttpConfig, HttpProxy};
 use needle_io::meta::Direction;
+use needle_io::metrics::Metrics;
 use needle_io::net::{Network, TokioNet};
 use needle_io::proxy::{Port, PortConfig};
 use needle_io::tls::{CredentialFiles, MeshIdentity, WallClock};
@@ -95,16 +96,37 @@ pub(crate) async fn run(config: Config, layers: &Layers, log: LogControl) -> Exi
         policies: config.policies.clone(),
         app_ip: config.app_ip,
     };
+    // One registry for the whole sidecar: both directions, one /metrics.
+    let metrics = Metrics::new();
+    if let Some(identity) = &identity {
+        tokio::spawn(cert_expiry(
+            identity.clone(),
+            metrics.clone(),
+            config.identity_poll_interval,
+        ));
+    }
     let outbound = Port::with_http(
         TokioNet,
         port_config(Direction::Outbound, config.outbound_target),
-        HttpProxy::meshed(TokioNet, http.clone(), discovery, identity.clone()),
+        HttpProxy::meshed(
+            TokioNet,
+            http.clone(),
+            discovery,
+            identity.clone(),
+            metrics.clone(),
+        ),
     );
     // Inbound requests go to the local application: no discovery.
     let inbound = Port::with_http(
         TokioNet,
         port_config(Direction::Inbound, config.inbound_target),
-        HttpProxy::meshed(TokioNet, http, StaticDiscovery::new(), identity.clone()),
+        HttpProxy::meshed(
+            TokioNet,
+            http,
+            StaticDiscovery::new(),
+            identity.clone(),
+            metrics.clone(),
+        ),
     );
 
     let bind = |name: &'static str, addr| async move {
@@ -135,7 +157,7 @@ pub(crate) async fn run(config: Config, layers: &Layers, log: LogControl) -> Exi
     let shutdown = Arc::new(Notify::new());
     let admin = Arc::new(Admin {
         ready: AtomicBool::new(false),
-        metrics: Box::new(|| String::from("# EOF\n")),
+        metrics: Box::new(move || metrics.encode()),
         config: render(layers),
         log,
         enable_shutdown: config.admin_enable_shutdown,
@@ -175,6 +197,16 @@ pub(crate) async fn run(config: Config, layers: &Layers, log: LogControl) -> Exi
         info!("every connection finished; bye");
     }
     ExitCode::SUCCESS
+}
+
+/// Keeps `identity_cert_expiration_timestamp_seconds` on the certificate
+/// in force, across rotations.
+async fn cert_expiry(identity: Arc<MeshIdentity>, metrics: Metrics, every: std::time::Duration) {
+    loop {
+        let not_after = std::time::Duration::from_secs(identity.not_after_secs());
+        metrics.set_identity_cert_expiration(std::time::UNIX_EPOCH + not_after);
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Completes once `stopped` turns true.

@@ -51,6 +51,7 @@ use super::config::HttpConfig;
 use super::headers;
 use crate::discovery::Meshed;
 use crate::meta::{NoTls, TlsStatus};
+use crate::metrics::PeerLabels;
 use crate::net::{Connection, Network};
 use crate::tls::{self, MaybeTls, MeshError, MeshIdentity};
 
@@ -130,6 +131,8 @@ pub(crate) struct EndpointClient<N: Network> {
     /// The local identity, when mTLS is on; a meshed endpoint is reached in
     /// plaintext without one (its `tls` label says `disabled`).
     identity: Option<Arc<MeshIdentity>>,
+    /// The endpoint side's metric labels, built once per endpoint.
+    peer: PeerLabels,
     network: N,
     config: Arc<HttpConfig>,
     idle: Mutex<Vec<Idle>>,
@@ -148,6 +151,7 @@ impl<N: Network> EndpointClient<N> {
     ) -> Arc<Self> {
         let client = Arc::new(EndpointClient {
             addr,
+            peer: PeerLabels::new(&tls_status(&mesh, &identity)),
             mesh,
             identity,
             network,
@@ -169,14 +173,9 @@ impl<N: Network> EndpointClient<N> {
         &self.mesh
     }
 
-    /// The endpoint side's TLS status, as metrics label it.
-    #[expect(dead_code, reason = "labels the endpoint side once metrics land")]
-    pub(crate) fn tls_status(&self) -> TlsStatus {
-        match (&self.mesh, &self.identity) {
-            (Some(mesh), Some(_)) => TlsStatus::Mutual(mesh.identity.clone()),
-            (Some(_), None) => TlsStatus::Plain(NoTls::Disabled),
-            (None, _) => TlsStatus::Plain(NoTls::NotMeshed),
-        }
+    /// The endpoint side's metric labels (`tls`, `server_id`).
+    pub(crate) fn peer(&self) -> &PeerLabels {
+        &self.peer
     }
 
     /// The endpoint's identity and ours, when connections to it are mTLS.
@@ -387,6 +386,16 @@ impl<N: Network> EndpointClient<N> {
         });
         *slot = Some(sender.clone());
         Ok(sender)
+    }
+}
+
+/// The endpoint side's TLS status, as metrics label it: mutual TLS when
+/// the endpoint is meshed and mTLS is on here.
+fn tls_status(mesh: &Option<Meshed>, identity: &Option<Arc<MeshIdentity>>) -> TlsStatus {
+    match (mesh, identity) {
+        (Some(mesh), Some(_)) => TlsStatus::Mutual(mesh.identity.clone()),
+        (Some(_), None) => TlsStatus::Plain(NoTls::Disabled),
+        (None, _) => TlsStatus::Plain(NoTls::NotMeshed),
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use needle_core::accrual::Transition;
 use needle_core::balance::{Balancer, Completion, Dispatch, PickError};
 use needle_core::retry::{
     AttemptOutcome, RequestMeta, RetryBudget, RetryPolicy, RetryState, Step, Timeouts,
@@ -24,13 +25,16 @@ use tokio::sync::watch;
 use super::client::EndpointClient;
 use super::config::HttpConfig;
 use super::errors::ProxyError;
-use crate::discovery::Service;
+use crate::discovery::{Meshed, Service};
+use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::tls::MeshIdentity;
 
 /// What routing decided for a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Routed {
+    /// The matched route's metric label (`namespace/name`, or `default`).
+    pub(crate) route: Arc<str>,
     pub(crate) backend: String,
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
@@ -50,6 +54,9 @@ struct BackendState {
 struct Inner<N: Network> {
     updates: watch::Receiver<Arc<Service>>,
     routes: HttpRouteTable<String>,
+    /// Each route's metric label, by index in `routes`: built when the
+    /// routes change, not per request.
+    route_labels: Vec<Arc<str>>,
     backends: BTreeMap<String, BackendState>,
     clients: BTreeMap<SocketAddr, Arc<EndpointClient<N>>>,
     budget: RetryBudget,
@@ -60,9 +67,10 @@ struct Inner<N: Network> {
 /// A destination's routes, balancers, connections and retry budget.
 #[derive(Debug)]
 pub(crate) struct Destination<N: Network> {
-    network: N,
-    identity: Option<Arc<MeshIdentity>>,
-    config: Arc<HttpConfig>,
+    connector: Connector<N>,
+    metrics: Metrics,
+    /// `dst` as the `authority` label says it.
+    authority: Arc<str>,
     inner: Mutex<Inner<N>>,
 }
 
@@ -105,32 +113,60 @@ impl<N: Network> Drop for InFlight<N> {
     }
 }
 
+/// How a destination reaches its endpoints: the network, the local mesh
+/// identity (for meshed endpoints) and the proxy's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Connector<N: Network> {
+    pub(crate) network: N,
+    pub(crate) identity: Option<Arc<MeshIdentity>>,
+    pub(crate) config: Arc<HttpConfig>,
+}
+
+impl<N: Network> Connector<N> {
+    /// The connections to a new endpoint.
+    fn client(&self, addr: SocketAddr, mesh: Option<Meshed>) -> Arc<EndpointClient<N>> {
+        EndpointClient::new(
+            addr,
+            mesh,
+            self.identity.clone(),
+            self.network.clone(),
+            self.config.clone(),
+        )
+    }
+}
+
 impl<N: Network> Destination<N> {
     pub(crate) fn new(
-        network: N,
-        identity: Option<Arc<MeshIdentity>>,
-        config: Arc<HttpConfig>,
+        connector: Connector<N>,
         mut updates: watch::Receiver<Arc<Service>>,
         seed: u64,
         now: Instant,
+        metrics: Metrics,
+        authority: Arc<str>,
     ) -> Arc<Self> {
         let service = updates.borrow_and_update().clone();
         let mut inner = Inner {
             updates,
             routes: HttpRouteTable::new(Vec::new()),
+            route_labels: Vec::new(),
             backends: BTreeMap::new(),
             clients: BTreeMap::new(),
-            budget: RetryBudget::new(config.retry_budget),
+            budget: RetryBudget::new(connector.config.retry_budget),
             rng: StdRng::seed_from_u64(seed),
             next_epoch: 0,
         };
-        apply(&network, &identity, &config, &mut inner, &service, now);
+        apply(&connector, &mut inner, &service, now);
         Arc::new(Destination {
-            network,
-            identity,
-            config,
+            connector,
+            metrics,
+            authority,
             inner: Mutex::new(inner),
         })
+    }
+
+    /// The destination as metrics label it.
+    pub(crate) fn authority(&self) -> &Arc<str> {
+        &self.authority
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<N>> {
@@ -141,14 +177,7 @@ impl<N: Network> Destination<N> {
     fn refresh(&self, inner: &mut Inner<N>, now: Instant) {
         if inner.updates.has_changed().unwrap_or(false) {
             let service = inner.updates.borrow_and_update().clone();
-            apply(
-                &self.network,
-                &self.identity,
-                &self.config,
-                inner,
-                &service,
-                now,
-            );
+            apply(&self.connector, inner, &service, now);
         }
     }
 
@@ -159,11 +188,15 @@ impl<N: Network> Destination<N> {
         head: &R,
         now: Instant,
     ) -> Result<Routed, ProxyError> {
-        let mut inner = self.lock();
-        self.refresh(&mut inner, now);
+        let mut guard = self.lock();
+        self.refresh(&mut guard, now);
+        let inner = &mut *guard;
         let selected = inner.routes.select(head).ok_or(ProxyError::NoRoute)?;
+        let route = inner.route_labels.get(selected.rule.route).cloned();
+        let route = route.unwrap_or_else(|| Arc::from("default"));
         let backend = selected.backend.ok_or(ProxyError::NoBackend)?.clone();
         Ok(Routed {
+            route,
             backend,
             timeouts: selected.timeouts,
             retry: selected.retry.clone(),
@@ -222,7 +255,10 @@ impl<N: Network> Destination<N> {
         let mut inner = self.lock();
         let Inner { backends, rng, .. } = &mut *inner;
         if let Some(state) = backends.get_mut(backend).filter(|s| s.epoch == epoch) {
-            state.balancer.complete(now, dispatch, completion, rng);
+            let transition = state.balancer.complete(now, dispatch, completion, rng);
+            if let Some(Transition::Ejected { .. }) = transition {
+                self.metrics.endpoint_ejected(&self.authority, backend);
+            }
         }
     }
 
@@ -270,9 +306,7 @@ impl<N: Network> Destination<N> {
 
 /// Makes the routes, balancers and connections match `service`.
 fn apply<N: Network>(
-    network: &N,
-    identity: &Option<Arc<MeshIdentity>>,
-    config: &Arc<HttpConfig>,
+    connector: &Connector<N>,
     inner: &mut Inner<N>,
     service: &Service,
     now: Instant,
@@ -284,8 +318,8 @@ fn apply<N: Network>(
             created: 0,
             rules: vec![Rule {
                 matches: Vec::new(),
-                timeouts: config.default_timeouts,
-                retry: config.default_retry.clone(),
+                timeouts: connector.config.default_timeouts,
+                retry: connector.config.default_retry.clone(),
                 backends: Split::new(service.backends.iter().map(|b| (b.name.clone(), 1))),
             }],
         }]
@@ -293,6 +327,13 @@ fn apply<N: Network>(
         service.routes.clone()
     };
     inner.routes = HttpRouteTable::new(routes);
+    inner.route_labels = (0..)
+        .map_while(|i| inner.routes.route(i))
+        .map(|r| match r.namespace.as_str() {
+            "" => Arc::from(r.name.as_str()),
+            ns => Arc::from(format!("{ns}/{}", r.name)),
+        })
+        .collect();
 
     let mut backends = std::mem::take(&mut inner.backends);
     let mut wanted_addrs = BTreeMap::new();
@@ -300,7 +341,7 @@ fn apply<N: Network>(
         let mut state = backends.remove(&backend.name).unwrap_or_else(|| {
             inner.next_epoch += 1;
             BackendState {
-                balancer: Balancer::new(config.balance),
+                balancer: Balancer::new(connector.config.balance),
                 epoch: inner.next_epoch,
                 addrs: BTreeSet::new(),
             }
@@ -328,14 +369,9 @@ fn apply<N: Network>(
         .clients
         .retain(|addr, client| wanted_addrs.get(addr) == Some(client.mesh()));
     for (addr, mesh) in wanted_addrs {
-        inner.clients.entry(addr).or_insert_with(|| {
-            EndpointClient::new(
-                addr,
-                mesh,
-                identity.clone(),
-                network.clone(),
-                config.clone(),
-            )
-        });
+        inner
+            .clients
+            .entry(addr)
+            .or_insert_with(|| connector.client(addr, mesh));
     }
 }

@@ -23,15 +23,18 @@ use super::destination::{Destination, InFlight};
 use super::errors::ProxyError;
 use super::headers::{self, Head};
 use super::{HttpVersion, ProxyShared, upgrade};
+use crate::metrics::Observed;
 use crate::net::Network;
 
 /// Answers one client request; never fails (errors become responses).
+/// What labels its metrics (route, endpoint, retries) goes in `observed`.
 pub(crate) async fn handle<N: Network>(
     proxy: Arc<ProxyShared>,
     destination: Arc<Destination<N>>,
     version: HttpVersion,
     client_id: Option<http::HeaderValue>,
     mut req: Request<Incoming>,
+    observed: &mut Observed,
 ) -> Response<ProxyBody> {
     let grpc = headers::is_grpc(req.headers());
     // An HTTP/1 request that crossed the mesh as HTTP/2 goes on as HTTP/1.1;
@@ -57,11 +60,20 @@ pub(crate) async fn handle<N: Network>(
         Ok(r) => r,
         Err(e) => return e.response(grpc),
     };
+    observed.route = Some(routed.route.clone());
     let upgrade = headers::is_upgrade(&req) || req.method() == http::Method::CONNECT;
     let keep_upgrade = upgrade && req.method() != http::Method::CONNECT;
     headers::strip_hop_by_hop(req.headers_mut(), keep_upgrade);
     if upgrade {
-        return upgrade::forward(&proxy, &destination, &routed.backend, routed.timeouts, req).await;
+        return upgrade::forward(
+            &proxy,
+            &destination,
+            &routed.backend,
+            routed.timeouts,
+            req,
+            observed,
+        )
+        .await;
     }
 
     let (parts, body) = req.into_parts();
@@ -102,6 +114,10 @@ pub(crate) async fn handle<N: Network>(
                 // The previous attempt's answer is dropped only now that
                 // another attempt replaces it.
                 drop(last.take());
+                observed.endpoint = Some(inflight.client.peer().clone());
+                if number > 1 {
+                    observed.retries += 1;
+                }
                 debug!(attempt = number, endpoint = %inflight.client.addr(), "forwarding");
                 // An attempt cut short by its own per-try timeout (rather
                 // than by the request's deadline) is the endpoint's failure.
@@ -135,6 +151,10 @@ pub(crate) async fn handle<N: Network>(
                 destination.on_timeout(&mut state, proxy.now(), policy)
             }
             Step::Finish(Finish::DeadlineExceeded) => return ProxyError::Timeout.response(grpc),
+            Step::Finish(Finish::BudgetExhausted) => {
+                observed.budget_exhausted = true;
+                break;
+            }
             Step::Finish(_) => break,
             _ => return ProxyError::Upstream.response(grpc),
         };

@@ -44,11 +44,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use body::ProxyBody;
+#[cfg(test)]
+pub(crate) use body::{boxed as body_boxed, full as body_full};
 pub use config::HttpConfig;
 pub use errors::{BoxError, HttpError, NEEDLE_ERROR, ProxyError};
+pub(crate) use headers::grpc_status as grpc_status_of;
 
 use crate::discovery::Discovery;
 use crate::meta::ConnMeta;
+use crate::metrics::{Metrics, Observed};
 use crate::net::Network;
 use crate::tls::MeshIdentity;
 use destination::Destination;
@@ -91,6 +95,7 @@ pub struct HttpProxy<N: Network> {
     shared: Arc<ProxyShared>,
     discovery: Arc<dyn Discovery>,
     destinations: Mutex<Destinations<N>>,
+    metrics: Metrics,
     /// Seeds each destination's RNG in the order destinations are first
     /// seen, so a simulation seed replays every draw.
     seeds: Mutex<StdRng>,
@@ -116,18 +121,31 @@ impl<N: Network + fmt::Debug> fmt::Debug for HttpProxy<N> {
 }
 
 impl<N: Network> HttpProxy<N> {
-    /// A proxy connecting to endpoints over `network`, in plaintext.
+    /// A proxy connecting to endpoints over `network` in plaintext,
+    /// recording into a registry of its own ([`metrics`](Self::metrics)).
     pub fn new(network: N, config: HttpConfig, discovery: Arc<dyn Discovery>) -> Arc<Self> {
-        HttpProxy::meshed(network, config, discovery, None)
+        HttpProxy::meshed(network, config, discovery, None, Metrics::new())
+    }
+
+    /// A plaintext proxy recording into `metrics`, which other proxies and
+    /// ports may share (one registry for the whole sidecar).
+    pub fn with_metrics(
+        network: N,
+        config: HttpConfig,
+        discovery: Arc<dyn Discovery>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        HttpProxy::meshed(network, config, discovery, None, metrics)
     }
 
     /// A proxy that reaches meshed endpoints over mutual TLS as `identity`
-    /// (and unmeshed ones in plaintext).
+    /// (and unmeshed ones in plaintext), recording into `metrics`.
     pub fn meshed(
         network: N,
         config: HttpConfig,
         discovery: Arc<dyn Discovery>,
         identity: Option<Arc<MeshIdentity>>,
+        metrics: Metrics,
     ) -> Arc<Self> {
         let seeds = StdRng::seed_from_u64(config.rng_seed);
         Arc::new(HttpProxy {
@@ -142,9 +160,15 @@ impl<N: Network> HttpProxy<N> {
                 by_addr: BTreeMap::new(),
                 next_sweep: tokio::time::Instant::now(),
             }),
+            metrics,
             seeds: Mutex::new(seeds),
             drain: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Where the proxy records its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The proxy's configuration.
@@ -184,13 +208,24 @@ impl<N: Network> HttpProxy<N> {
             .client_tls
             .peer()
             .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
+        let metrics = Arc::new(self.metrics.http_conn(
+            meta.direction,
+            destination.authority().clone(),
+            &meta.client_tls,
+        ));
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let destination = destination.clone();
             let client_id = client_id.clone();
+            let metrics = metrics.clone();
             async move {
-                let res = forward::handle(shared, destination, version, client_id, req).await;
-                Ok::<_, Infallible>(res)
+                let started = tokio::time::Instant::now();
+                let mut observed = Observed::default();
+                let res =
+                    forward::handle(shared, destination, version, client_id, req, &mut observed)
+                        .await;
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                Ok::<_, Infallible>(metrics.record(elapsed_ms, observed, res))
             }
         });
         let config = &self.shared.config;
@@ -271,8 +306,15 @@ impl<N: Network> HttpProxy<N> {
         let mut destinations = self.lock_destinations();
         if now >= destinations.next_sweep {
             destinations.by_addr.retain(|_, cached| {
-                Arc::strong_count(&cached.destination) > 1
-                    || now.saturating_duration_since(cached.last_used) < idle_timeout
+                let keep = Arc::strong_count(&cached.destination) > 1
+                    || now.saturating_duration_since(cached.last_used) < idle_timeout;
+                if !keep {
+                    // Its series go with it, so label sets stay bounded by
+                    // the destinations the proxy knows.
+                    self.metrics
+                        .forget_authority(cached.destination.authority());
+                }
+                keep
             });
             destinations.next_sweep = now + idle_timeout / 2;
         }
@@ -284,12 +326,16 @@ impl<N: Network> HttpProxy<N> {
                 .random();
             Cached {
                 destination: Destination::new(
-                    self.network.clone(),
-                    self.identity.clone(),
-                    self.shared.config.clone(),
+                    destination::Connector {
+                        network: self.network.clone(),
+                        identity: self.identity.clone(),
+                        config: self.shared.config.clone(),
+                    },
                     self.discovery.resolve(dst),
                     seed,
                     self.shared.now(),
+                    self.metrics.clone(),
+                    Arc::from(dst.to_string()),
                 ),
                 last_used: now,
             }

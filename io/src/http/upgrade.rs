@@ -21,6 +21,7 @@ use super::destination::Destination;
 use super::errors::ProxyError;
 use super::headers;
 use super::{HttpVersion, ProxyShared};
+use crate::metrics::Observed;
 use crate::net::Network;
 
 /// Forwards an upgrade request and, on `101` (or a `2xx` to `CONNECT`),
@@ -31,6 +32,7 @@ pub(crate) async fn forward<N: Network>(
     backend: &str,
     timeouts: Timeouts,
     mut req: Request<Incoming>,
+    observed: &mut Observed,
 ) -> Response<ProxyBody> {
     let grpc = headers::is_grpc(req.headers());
     let connect = req.method() == Method::CONNECT;
@@ -40,6 +42,7 @@ pub(crate) async fn forward<N: Network>(
         Err(e) => return e.response(grpc),
     };
     let client = inflight.client.clone();
+    observed.endpoint = Some(client.peer().clone());
     let send = client.send(HttpVersion::Http1, req.map(boxed), false);
     let sent = match timeouts.request {
         Some(d) => match tokio::time::timeout(d, send).await {

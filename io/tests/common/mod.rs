@@ -3,6 +3,7 @@
 //! accepted connection (standing in for the accept loop and detection).
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use needle_io::discovery::{Discovery, Endpoint, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy, HttpVersion, ProxyBody};
 use needle_io::meta::{ConnMeta, Direction};
+use needle_io::metrics::Metrics;
 use needle_io::net::TokioNet;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -219,4 +221,68 @@ pub async fn closed_port() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     drop(l);
     addr
+}
+
+// --- metrics: the text exposition, parsed back ---
+
+pub type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of a text exposition.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The series named `name` as `label set (sorted "k=v" pairs) -> value`.
+pub fn series(metrics: &Metrics, name: &str) -> BTreeMap<String, f64> {
+    parse(&metrics.encode())
+        .into_iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, labels, v)| {
+            let key: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            (key.join(","), v)
+        })
+        .collect()
+}
+
+/// `series`, expected to be exactly these.
+pub fn expect(metrics: &Metrics, name: &str, want: &[(&str, f64)]) {
+    // Labels in any order: sorted as `series` sorts them.
+    let sorted = |k: &str| {
+        let mut pairs: Vec<&str> = k.split(',').filter(|p| !p.is_empty()).collect();
+        pairs.sort_unstable();
+        pairs.join(",")
+    };
+    let want: BTreeMap<String, f64> = want.iter().map(|(k, v)| (sorted(k), *v)).collect();
+    assert_eq!(series(metrics, name), want, "{name}");
+}
+
+/// Waits until every accepted connection has been closed (the proxy's side
+/// of a close the client started lands a moment later).
+pub async fn all_closed(metrics: &Metrics) {
+    for _ in 0..500 {
+        let open = series(metrics, "tcp_open_connections");
+        if !open.is_empty() && open.values().all(|v| *v == 0.0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("connections still open:\n{}", metrics.encode());
 }
