@@ -29,6 +29,7 @@ mod config;
 mod destination;
 mod errors;
 mod forward;
+mod framing;
 mod headers;
 mod upgrade;
 
@@ -36,8 +37,11 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::rngs::StdRng;
@@ -141,29 +145,59 @@ impl<N: Network> HttpProxy<N> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let destination = self.destination(dst);
-        let shared = self.shared.clone();
         // Not read yet: authorization and metrics label requests with it.
         let _meta = meta;
-        let service = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            let destination = destination.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, destination, version, req).await) }
-        });
         let config = &self.shared.config;
-        let io = TokioIo::new(io);
         match version {
             HttpVersion::Http1 => {
+                // Every byte passes the framing validator before hyper reads
+                // it (`framing`); the service tells the guard each response's
+                // status (upgrades) and when its body is done.
+                let signals = Arc::new(framing::Signals::default());
+                let io = framing::Guarded::new(io, config.max_header_bytes, signals.clone());
+                let shared = self.shared.clone();
+                let requests = Arc::new(AtomicU64::new(0));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let shared = shared.clone();
+                    let destination = destination.clone();
+                    let signals = signals.clone();
+                    let request = requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    let connect = req.method() == Method::CONNECT;
+                    // hyper's rule for a request that may switch protocols.
+                    let may_upgrade = connect
+                        || (req.version() == http::Version::HTTP_11
+                            && req.headers().contains_key(http::header::UPGRADE));
+                    async move {
+                        let res = forward::handle(shared, destination, version, req).await;
+                        let status = res.status();
+                        let upgraded = may_upgrade
+                            && (status == StatusCode::SWITCHING_PROTOCOLS
+                                || (connect && status.is_success()));
+                        signals.responded(request, upgraded);
+                        Ok::<_, Infallible>(res.map(|b| framing::Answered::new(b, signals)))
+                    }
+                });
                 http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(config.header_read_timeout)
                     .max_headers(config.max_headers)
                     .max_header_size(config.max_header_bytes)
                     .auto_date_header(config.auto_date_header)
-                    .serve_connection(io, service)
+                    .serve_connection(TokioIo::new(io), service)
                     .with_upgrades()
                     .await
             }
             HttpVersion::Http2 => {
+                let shared = self.shared.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    let destination = destination.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            forward::handle(shared, destination, version, req).await,
+                        )
+                    }
+                });
                 http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(config.h2_max_concurrent_streams)
@@ -174,7 +208,7 @@ impl<N: Network> HttpProxy<N> {
                     .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
                     .max_send_buf_size(config.h2_max_send_buf_size)
                     .auto_date_header(config.auto_date_header)
-                    .serve_connection(io, service)
+                    .serve_connection(TokioIo::new(io), service)
                     .await
             }
         }
