@@ -2,7 +2,9 @@
 //!
 //! [`HttpProxy::serve`] takes one client connection whose protocol
 //! detection has already decided (HTTP/1.x or HTTP/2 prior knowledge) and
-//! serves it with hyper. Each request then goes through
+//! serves it with hyper; an HTTP/1 connection's bytes first pass the
+//! request framing validator ([`framing`], request smuggling defence).
+//! Each request then goes through
 //! [`forward`](self::forward):
 //!
 //! 1. **check**: limits and framing rules hyper leaves to us ([`headers`]);
