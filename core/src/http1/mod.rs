@@ -261,6 +261,14 @@ impl Validator {
                     }
                     continue;
                 }
+                State::Value => {
+                    let n = self.scan.plain_value_run(&bytes[i..], &self.config);
+                    if n > 0 {
+                        self.offset += n as u64;
+                        i += n;
+                        continue;
+                    }
+                }
                 _ => {}
             }
             let step = self.scan.byte(bytes[i], &self.config);

@@ -195,6 +195,24 @@ impl Scan {
             )
     }
 
+    /// Takes the run of plain bytes at the start of `bytes` inside a value
+    /// of a field framing does not depend on (the bulk of any head): bytes
+    /// that cannot end the line or be refused, in one tight loop. Returns how
+    /// many were taken; the caller passes the next byte to [`byte`](Self::byte).
+    pub(super) fn plain_value_run(&mut self, bytes: &[u8], config: &Config) -> usize {
+        if self.state != State::Value || self.field != Field::Other {
+            return 0;
+        }
+        let room = config.max_head_bytes.saturating_sub(self.section_bytes);
+        let limit = bytes.len().min(room);
+        let n = bytes[..limit]
+            .iter()
+            .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            .unwrap_or(limit);
+        self.section_bytes += n;
+        n
+    }
+
     /// Takes one byte. Body bytes (`Length`, `ChunkData`) are skipped by the
     /// caller, never passed here.
     pub(super) fn byte(&mut self, b: u8, config: &Config) -> Result<Event, FramingError> {
