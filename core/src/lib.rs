@@ -21,6 +21,8 @@
 //! - [`authz`]: whether an inbound peer may reach a port (a pure function of
 //!   the port's policy and the peer's identity).
 //! - [`detect`]: which protocol the first bytes of a connection speak.
+//! - [`http1`]: where each HTTP/1 request of a client's byte stream ends,
+//!   refusing the ambiguous framings request smuggling is built on.
 //! - [`identity`]: SPIFFE workload identities, their TLS server-name
 //!   encoding, and (with `tls`) reading them out of certificates.
 //! - [`route`]: which route a request matches (Gateway API HTTPRoute and
@@ -50,6 +52,7 @@ pub mod authz;
 pub mod backoff;
 pub mod balance;
 pub mod detect;
+pub mod http1;
 pub mod identity;
 pub mod retry;
 pub mod route;

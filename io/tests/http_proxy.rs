@@ -515,14 +515,30 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     read_raw(&mut s, "\r\n\r\n", Duration::from_secs(3)).await
 }
 
+/// Every framing ambiguity a smuggling attempt relies on is refused by
+/// Needle's own validator (`needle_core::http1`) before hyper or the
+/// endpoint sees the request: 400, `needle-error: invalid-framing`,
+/// `connection: close`.
 #[tokio::test]
 async fn smuggling_attempts_are_rejected_before_the_endpoint() {
     let b = ok_backend("x", Duration::ZERO).await;
     let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
     let cases: &[(&str, &[u8])] = &[
         (
+            "CL then TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "TE then CL",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
             "two different CLs",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        (
+            "TE: gzip",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
         ),
         (
             "TE not ending in chunked",
@@ -537,23 +553,111 @@ async fn smuggling_attempts_are_rejected_before_the_endpoint() {
             b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
         ),
         (
+            "bare LF in a header line",
+            b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
+        ),
+        ("bare LF everywhere", b"GET /lf HTTP/1.1\nHost: a\n\n"),
+        (
+            "NUL in a value",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+        ),
+        (
             "space before colon",
             b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 0\r\n\r\n",
         ),
     ];
     for (name, bytes) in cases {
-        let out = raw_exchange(addr, bytes).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let out = read_raw(&mut s, "\r\n\r\n", Duration::from_secs(3)).await;
         assert!(
             out.starts_with("HTTP/1.1 400"),
             "{name}: expected 400, got {out:?}"
+        );
+        assert!(
+            out.contains("needle-error: invalid-framing"),
+            "{name}: {out:?}"
+        );
+        assert!(out.contains("connection: close"), "{name}: {out:?}");
+        // And the connection is closed after it.
+        let rest = read_raw(&mut s, "HTTP/1.1", Duration::from_secs(1)).await;
+        assert!(
+            !rest.contains("HTTP/1.1"),
+            "{name}: a second response: {rest:?}"
         );
     }
     assert_eq!(b.requests(), 0, "no malformed message reached the endpoint");
 }
 
-/// A malformed chunked body is only seen after the head went out: the
-/// forwarded request is aborted (the endpoint never gets a complete body)
-/// and the client gets a 502.
+/// A refused request pipelined behind good ones: the good ones are still
+/// forwarded and answered, in order, then the 400 comes and the connection
+/// closes; the endpoint never sees the refused request nor what follows it.
+#[tokio::test]
+async fn refused_head_after_pipelined_requests_gets_a_400() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let b = backend(move |req: Request<hyper::body::Incoming>| {
+        let s2 = s2.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            s2.lock().unwrap().push((path.clone(), body));
+            Response::new(full(format!("ok {path}")))
+        }
+    })
+    .await;
+    let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
+    let attacks: [(&str, &[u8]); 3] = [
+        (
+            "CL.TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "CL+CL",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 40\r\n\r\nxGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+        ),
+    ];
+    for (name, attack) in attacks {
+        seen.lock().unwrap().clear();
+        let mut stream =
+            b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST /second HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec();
+        stream.extend_from_slice(attack);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&stream).await.unwrap();
+        let out = read_raw(&mut s, "invalid-framing", Duration::from_secs(3)).await;
+        let first = out
+            .find("ok /first")
+            .unwrap_or_else(|| panic!("{name}: {out:?}"));
+        let second = out
+            .find("ok /second")
+            .unwrap_or_else(|| panic!("{name}: {out:?}"));
+        let refused = out
+            .find("HTTP/1.1 400")
+            .unwrap_or_else(|| panic!("{name}: {out:?}"));
+        assert!(
+            first < second && second < refused,
+            "{name}: out of order: {out:?}"
+        );
+        let rest = read_raw(&mut s, "HTTP/1.1", Duration::from_secs(1)).await;
+        assert!(
+            !rest.contains("HTTP/1.1"),
+            "{name}: more after the 400: {rest:?}"
+        );
+        let seen = seen.lock().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/first", "/second"], "{name}");
+        assert_eq!(seen[1].1, Bytes::from_static(b"abc"));
+    }
+}
+
+/// A malformed chunked body is only seen after its head was forwarded
+/// (bodies stream): the read fails at the offending byte, the forwarded
+/// request is aborted so the endpoint never gets a complete body, and the
+/// client's connection closes without a 2xx.
 #[tokio::test]
 async fn malformed_chunked_body_aborts_the_forwarded_request() {
     let complete = Arc::new(AtomicUsize::new(0));
@@ -569,12 +673,17 @@ async fn malformed_chunked_body_aborts_the_forwarded_request() {
     })
     .await;
     let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
-    let out = raw_exchange(
-        addr,
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n",
-    )
-    .await;
-    assert!(out.is_empty() || out.starts_with("HTTP/1.1 502"), "{out:?}");
+    let bodies: [(&str, &[u8]); 3] = [
+        ("chunk size with bare LF", b"3\nabc\r\n0\r\n\r\n"),
+        ("not hex", b"3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("data without CRLF", b"3\r\nabcd0\r\n\r\n"),
+    ];
+    for (name, body) in bodies {
+        let mut req = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        let out = raw_exchange(addr, &req).await;
+        assert!(!out.starts_with("HTTP/1.1 2"), "{name}: {out:?}");
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         complete.load(Ordering::SeqCst),
@@ -583,69 +692,23 @@ async fn malformed_chunked_body_aborts_the_forwarded_request() {
     );
 }
 
-/// The classic CL.TE and TE.CL desyncs: a front end framing by one header
-/// and a back end by the other lets the tail of one request become a second,
-/// smuggled one. hyper frames by `Transfer-Encoding` alone, drops the
-/// `Content-Length`, and closes the connection after answering (RFC 9112
-/// §6.1); Needle re-frames what it forwards. The smuggled tail never
-/// reaches the endpoint, in either header order.
+/// An upgrade the endpoint declines leaves the connection HTTP: the next
+/// pipelined request is validated (and here refused) like any other.
 #[tokio::test]
-async fn cl_te_desync_cannot_smuggle_a_request() {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    let b = backend(move |req: Request<hyper::body::Incoming>| {
-        let s2 = s2.clone();
-        async move {
-            let cl = req.headers().get("content-length").cloned();
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            s2.lock().unwrap().push((cl, body));
-            Response::new(full("ok"))
-        }
-    })
-    .await;
+async fn a_declined_upgrade_keeps_validating() {
+    let b = ok_backend("no upgrade", Duration::ZERO).await;
     let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
-    let attacks: [&[u8]; 2] = [
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-    ];
-    for attack in attacks {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(attack).await.unwrap();
-        let out = read_raw(&mut s, "\r\n\r\nok", Duration::from_secs(3)).await;
-        assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
-        assert!(out.contains("connection: close"), "{out:?}");
-        // Nothing more: the connection is closed, the tail discarded.
-        let rest = read_raw(&mut s, "HTTP/1.1", Duration::from_secs(1)).await;
-        assert_eq!(rest, "", "a second response came back");
-    }
-    let seen = seen.lock().unwrap();
-    assert_eq!(
-        seen.len(),
-        2,
-        "exactly one request per attack reached the endpoint"
-    );
-    for (cl, body) in seen.iter() {
-        assert!(cl.is_none(), "the ambiguous Content-Length was forwarded");
-        assert!(body.is_empty());
-    }
-}
-
-#[tokio::test]
-async fn bare_lf_requests_are_reframed_with_crlf_not_passed_raw() {
-    // httparse accepts a bare LF as a line ending (RFC 9112 §2.2 allows a
-    // recipient to). Needle never forwards the client's bytes: it re-frames
-    // the parsed request, so the endpoint can never read it differently.
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    let b = backend(move |req: Request<hyper::body::Incoming>| {
-        s2.lock().unwrap().push(req.uri().path().to_owned());
-        async move { Response::new(full("ok")) }
-    })
-    .await;
-    let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
-    let out = raw_exchange(addr, b"GET /lf HTTP/1.1\nHost: a\n\n").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /next HTTP/1.1\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_raw(&mut s, "invalid-framing", Duration::from_secs(3)).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
-    assert_eq!(*seen.lock().unwrap(), vec!["/lf".to_owned()]);
+    assert!(out.contains("no upgrade"), "{out:?}");
+    assert!(out.contains("HTTP/1.1 400"), "{out:?}");
+    assert_eq!(b.requests(), 1);
 }
 
 #[tokio::test]

@@ -71,6 +71,11 @@ pub enum ProxyError {
     /// The request target exceeds the configured limit.
     #[error("request target too long")]
     UriTooLong,
+    /// An HTTP/1 request whose framing is ambiguous (both `Content-Length`
+    /// and `Transfer-Encoding`, obs-fold, bare LF...): refused before any
+    /// parser saw it, so it cannot be smuggled (`needle_core::http1`).
+    #[error("ambiguous or malformed request framing")]
+    InvalidFraming,
 }
 
 impl ProxyError {
@@ -87,6 +92,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::InvalidFraming => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -104,6 +110,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => "connect-not-allowed",
             ProxyError::HeadersTooLarge => "headers-too-large",
             ProxyError::UriTooLong => "uri-too-long",
+            ProxyError::InvalidFraming => "invalid-framing",
         }
     }
 
@@ -124,7 +131,7 @@ impl ProxyError {
             // DEADLINE_EXCEEDED.
             ProxyError::Timeout => 4,
             // INVALID_ARGUMENT / RESOURCE_EXHAUSTED for refused or oversized calls.
-            ProxyError::ConnectNotAllowed => 3,
+            ProxyError::ConnectNotAllowed | ProxyError::InvalidFraming => 3,
             ProxyError::HeadersTooLarge | ProxyError::UriTooLong => 8,
         }
     }

@@ -1,15 +1,13 @@
 //! What a request's head must satisfy before it is forwarded, and the
 //! headers that belong to one hop and must not cross the proxy.
 //!
-//! hyper already refuses malformed HTTP/1 framing (see `docs/data-plane.md`
-//! for the list and the tests that pin it), and for a request carrying both
-//! `Content-Length` and `Transfer-Encoding` it drops the length, frames by
-//! the chunked encoding and closes the connection after answering, as RFC
-//! 9112 §6.1 requires; h2 refuses connection-specific fields. Since Needle
-//! re-frames every request it forwards, the endpoint cannot read a message
-//! boundary differently from Needle. What is left here is Needle's own
-//! request-target limit and header count/size limits, which also apply to
-//! HTTP/2 requests.
+//! Ambiguous HTTP/1 framing never gets this far: the framing guard
+//! ([`framing`](super::framing), over `needle_core::http1`) refuses it before
+//! hyper parses anything, and h2 refuses connection-specific fields. Since
+//! Needle also re-frames every request it forwards, the endpoint cannot read
+//! a message boundary differently from Needle. What is left here is Needle's
+//! own request-target limit and header count/size limits, which also apply
+//! to HTTP/2 requests.
 
 use std::net::SocketAddr;
 

@@ -2,7 +2,9 @@
 //!
 //! [`HttpProxy::serve`] takes one client connection whose protocol
 //! detection has already decided (HTTP/1.x or HTTP/2 prior knowledge) and
-//! serves it with hyper. Each request then goes through
+//! serves it with hyper; an HTTP/1 connection's bytes first pass the
+//! request framing validator ([`framing`], request smuggling defence).
+//! Each request then goes through
 //! [`forward`](self::forward):
 //!
 //! 1. **check**: limits and framing rules hyper leaves to us ([`headers`]);
@@ -29,6 +31,7 @@ mod config;
 mod destination;
 mod errors;
 mod forward;
+mod framing;
 mod headers;
 mod upgrade;
 
@@ -36,8 +39,11 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::rngs::StdRng;
@@ -202,7 +208,6 @@ impl<N: Network> HttpProxy<N> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let destination = self.destination(dst);
-        let shared = self.shared.clone();
         // The peer's proven identity, told to the application per request.
         let client_id = meta
             .client_tls
@@ -213,7 +218,9 @@ impl<N: Network> HttpProxy<N> {
             destination.authority().clone(),
             &meta.client_tls,
         ));
-        let service = hyper::service::service_fn(move |req| {
+        let shared = self.shared.clone();
+        // One request's answer, recorded: the same for both versions.
+        let answer = move |req: Request<Incoming>| {
             let shared = shared.clone();
             let destination = destination.clone();
             let client_id = client_id.clone();
@@ -225,21 +232,45 @@ impl<N: Network> HttpProxy<N> {
                     forward::handle(shared, destination, version, client_id, req, &mut observed)
                         .await;
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-                Ok::<_, Infallible>(metrics.record(elapsed_ms, observed, res))
+                metrics.record(elapsed_ms, observed, res)
             }
-        });
+        };
         let config = &self.shared.config;
-        let io = TokioIo::new(io);
         let mut drain = self.drain.subscribe();
         match version {
             HttpVersion::Http1 => {
+                // Every byte passes the framing validator before hyper reads
+                // it (`framing`); the service tells the guard each response's
+                // status (upgrades) and when its body is done.
+                let signals = Arc::new(framing::Signals::default());
+                let io = framing::Guarded::new(io, config.max_header_bytes, signals.clone());
+                let requests = Arc::new(AtomicU64::new(0));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let signals = signals.clone();
+                    let request = requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    let connect = req.method() == Method::CONNECT;
+                    // hyper's rule for a request that may switch protocols.
+                    let may_upgrade = connect
+                        || (req.version() == http::Version::HTTP_11
+                            && req.headers().contains_key(http::header::UPGRADE));
+                    let answered = answer(req);
+                    async move {
+                        let res = answered.await;
+                        let status = res.status();
+                        let upgraded = may_upgrade
+                            && (status == StatusCode::SWITCHING_PROTOCOLS
+                                || (connect && status.is_success()));
+                        signals.responded(request, upgraded);
+                        Ok::<_, Infallible>(res.map(|b| framing::Answered::new(b, signals)))
+                    }
+                });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(config.header_read_timeout)
                     .max_headers(config.max_headers)
                     .max_header_size(config.max_header_bytes)
                     .auto_date_header(config.auto_date_header)
-                    .serve_connection(io, service)
+                    .serve_connection(TokioIo::new(io), service)
                     .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
@@ -253,6 +284,10 @@ impl<N: Network> HttpProxy<N> {
                 }
             }
             HttpVersion::Http2 => {
+                let service = hyper::service::service_fn(move |req| {
+                    let answered = answer(req);
+                    async move { Ok::<_, Infallible>(answered.await) }
+                });
                 let conn = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(config.h2_max_concurrent_streams)
@@ -263,7 +298,7 @@ impl<N: Network> HttpProxy<N> {
                     .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
                     .max_send_buf_size(config.h2_max_send_buf_size)
                     .auto_date_header(config.auto_date_header)
-                    .serve_connection(io, service);
+                    .serve_connection(TokioIo::new(io), service);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     served = conn.as_mut() => served,
