@@ -82,6 +82,22 @@ pub struct Service {
     /// every backend in equal shares, with the proxy's default timeouts and
     /// retry policy.
     pub routes: Vec<Route<HttpMatch, String>>,
+    /// What connections to the destination speak, when known in advance.
+    pub protocol: ProtocolHint,
+}
+
+/// What the operator says a destination speaks, so detection can be
+/// skipped for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolHint {
+    /// Detect it per connection (the default).
+    #[default]
+    Detect,
+    /// Opaque TCP: forward bytes at once, without reading any first (for
+    /// protocols detection would misjudge, and to save the dial delay of
+    /// server-speaks-first ones).
+    Opaque,
 }
 
 impl Service {
@@ -93,6 +109,7 @@ impl Service {
                 endpoints: endpoints.into_iter().collect(),
             }],
             routes: Vec::new(),
+            protocol: ProtocolHint::Detect,
         }
     }
 

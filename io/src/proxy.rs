@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use needle_core::authz::{Peer, PortPolicies, Refusal};
-use needle_core::detect::Protocol;
+use needle_core::detect::{OpaqueReason, Protocol};
 use needle_core::identity::SpiffeId;
 use needle_core::identity::sni::{self, SniTarget};
 use needle_core::tls::Alpn;
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::detect::{DetectSettings, Detected, Dial, detect};
-use crate::discovery::{Meshed, StaticDiscovery};
+use crate::discovery::{Meshed, ProtocolHint, StaticDiscovery};
 use crate::http::{HttpConfig, HttpError, HttpProxy, HttpVersion};
 use crate::meta::{ConnMeta, Direction, NoTls, TlsStatus};
 use crate::metrics::{Counted, Metrics};
@@ -280,17 +280,31 @@ impl<N: Network> Port<N> {
             Ok(Some(dst)) => Some(dst),
             _ => self.config.target,
         };
-        // Outbound, a meshed destination is dialled over mTLS even when
-        // dialled ahead for a server-first protocol.
-        let mesh = match self.config.direction {
-            Direction::Outbound => dst.and_then(|dst| self.meshed(dst)),
-            Direction::Inbound => None,
+        // Outbound, discovery says whether the destination is meshed (then
+        // it is dialled over mTLS, even when dialled ahead for a
+        // server-first protocol) and whether it is known to be opaque.
+        let (mesh, hint) = match (self.config.direction, dst) {
+            (Direction::Outbound, Some(dst)) => self.lookup(dst),
+            _ => (None, ProtocolHint::Detect),
         };
-        let dial = dst.map(|dst| self.dialer(dst, mesh.clone()));
         // Counted closed when dropped: on every early return below, or when
         // the wrapped stream is (which may outlive `serve` for an upgrade).
         // Labelled with its TLS status once that is known.
         let tcp = self.metrics.tcp_accept(self.config.direction, dst);
+        if let (ProtocolHint::Opaque, Some(dst)) = (hint, dst) {
+            // Nothing to detect: forward at once.
+            let protocol = Protocol::Opaque(OpaqueReason::Configured);
+            self.metrics.detected(self.config.direction, &protocol);
+            let client_tls = TlsStatus::Plain(NoTls::NotProvidedByRemote);
+            tcp.set_tls(&client_tls);
+            let client = Prefixed::new(bytes::Bytes::new(), tcp.wrap(conn));
+            let meta = ConnMeta {
+                direction: self.config.direction,
+                client_tls,
+            };
+            return self.forward(client, protocol, dst, meta, None, mesh).await;
+        }
+        let dial = dst.map(|dst| self.dialer(dst, mesh.clone()));
         let Detected {
             protocol,
             buffered,
@@ -429,18 +443,21 @@ impl<N: Network> Port<N> {
         })
     }
 
-    /// How discovery says `dst` is meshed, if it is and mTLS is on: `dst`
-    /// must be one of its service's endpoints (opaque traffic goes where
-    /// the client pointed; only HTTP is balanced per request).
-    fn meshed(&self, dst: SocketAddr) -> Option<Meshed> {
-        self.http.identity()?;
+    /// What discovery says of `dst`: how it is meshed, if it is and mTLS
+    /// is on (`dst` must be one of its service's endpoints: opaque traffic
+    /// goes where the client pointed, only HTTP is balanced per request),
+    /// and what protocol it speaks, if configured.
+    fn lookup(&self, dst: SocketAddr) -> (Option<Meshed>, ProtocolHint) {
         let service = self.http.discovery().resolve(dst).borrow().clone();
-        service
-            .backends
-            .iter()
-            .flat_map(|b| &b.endpoints)
-            .find(|e| e.addr == dst)
-            .and_then(|e| e.mesh.clone())
+        let mesh = self.http.identity().and_then(|_| {
+            service
+                .backends
+                .iter()
+                .flat_map(|b| &b.endpoints)
+                .find(|e| e.addr == dst)
+                .and_then(|e| e.mesh.clone())
+        });
+        (mesh, service.protocol)
     }
 
     /// The dial detection may start ahead of time.

@@ -310,3 +310,64 @@ async fn the_accept_loop_serves_many_connections_and_stops() {
     stop.send(()).unwrap();
     running.await.unwrap();
 }
+
+/// A destination discovery marks opaque is forwarded without detection:
+/// the server's greeting arrives without the dial delay, and bytes that
+/// look like HTTP are not parsed as HTTP.
+#[tokio::test]
+async fn an_opaque_hint_skips_detection() {
+    use needle_io::discovery::{Endpoint, ProtocolHint, Service, StaticDiscovery};
+    use needle_io::http::{HttpConfig, HttpProxy};
+    use needle_io::net::Network;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"hello\n").await.unwrap();
+        let mut got = vec![0u8; 18];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+    });
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        server,
+        Service {
+            protocol: ProtocolHint::Opaque,
+            ..Service::with_endpoints([Endpoint::new(server)])
+        },
+    );
+    let http = HttpProxy::new(needle_io::net::TokioNet, HttpConfig::default(), discovery);
+    let port = Port::with_http(
+        needle_io::net::TokioNet,
+        PortConfig {
+            target: Some(server),
+            ..PortConfig::default()
+        },
+        http,
+    );
+    let listener = needle_io::net::TokioNet
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = needle_io::net::Listener::local_addr(&listener).unwrap();
+    let metrics = port.metrics().clone();
+    tokio::spawn(port.run(listener, std::future::pending()));
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 6];
+    client.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"hello\n");
+    // HTTP-looking bytes go through untouched, not to an HTTP proxy.
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut echoed = [0u8; 18];
+    client.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(
+        metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with("detect_total") && l.contains("reason=\"configured\"")),
+        "{}",
+        metrics.encode()
+    );
+}

@@ -228,7 +228,7 @@ async fn grpc_client_sees_unavailable_when_no_endpoints() {
                 name: "default".into(),
                 endpoints: vec![],
             }],
-            routes: vec![],
+            ..Service::default()
         },
     );
     let (addr, _) = proxy(

@@ -327,7 +327,7 @@ fn service_without_endpoints() -> Service {
             name: "default".into(),
             endpoints: vec![],
         }],
-        routes: vec![],
+        ..Service::default()
     }
 }
 
@@ -1137,6 +1137,7 @@ async fn routes_split_traffic_by_weight_and_header() {
                 },
             ],
         }],
+        ..Service::default()
     };
     discovery.set(dst, service(3, 1));
     let (addr, _) = proxy(

@@ -339,7 +339,7 @@ async fn needles_own_503_has_no_endpoint_labels_and_ports_share_a_registry() {
                 name: "default".to_owned(),
                 endpoints: Vec::new(),
             }],
-            routes: Vec::new(),
+            ..Service::default()
         },
     );
     let http = |m: &Metrics| {

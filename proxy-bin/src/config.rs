@@ -264,8 +264,12 @@ impl Layers {
 }
 
 /// The environment variable of a setting: `NEEDLE_` + upper-cased name
-/// with dots as underscores.
+/// with dots as underscores; the log filter is plain `NEEDLE_LOG`, like
+/// `RUST_LOG`.
 pub(crate) fn env_name(name: &str) -> String {
+    if name == "log.filter" {
+        return "NEEDLE_LOG".to_owned();
+    }
     format!("NEEDLE_{}", name.replace('.', "_").to_ascii_uppercase())
 }
 
@@ -555,6 +559,11 @@ mod tests {
             ("NEEDLE_PROXY_REQUEST_TIMEOUT", "6s"),
         ];
         let config = load(Some(file), &env, &["proxy.request_timeout=7s"]).unwrap();
+        let logged = load(None, &[("NEEDLE_LOG", "needle_io=debug")], &[]).unwrap();
+        assert_eq!(
+            logged.log_filter, "needle_io=debug",
+            "NEEDLE_LOG, like RUST_LOG"
+        );
         assert_eq!(config.idle_timeout, Duration::from_secs(120), "file");
         assert_eq!(
             config.connect_timeout,

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use needle_core::identity::SpiffeId;
 use needle_core::retry::{RetryPolicy, RetryableRequests, Timeouts};
 use needle_core::route::{HttpMatch, Route, Rule, Split};
-use needle_io::discovery::{Backend, Endpoint, Meshed, Service, StaticDiscovery};
+use needle_io::discovery::{Backend, Endpoint, Meshed, ProtocolHint, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy};
 use needle_io::meta::Direction;
 use needle_io::metrics::Metrics;
@@ -146,6 +146,7 @@ async fn demo(traffic: Duration) -> Result<bool, DemoError> {
                     backends: Split::new([("v1".to_owned(), 90), ("v2".to_owned(), 10)]),
                 }],
             }],
+            protocol: ProtocolHint::Detect,
         },
     );
     discovery.set(echo, Service::with_endpoints([meshed(echo)]));

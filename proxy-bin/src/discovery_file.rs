@@ -21,7 +21,7 @@ use std::time::Duration;
 use needle_core::identity::SpiffeId;
 use needle_core::retry::{RetryPolicy, RetryableRequests, Timeouts};
 use needle_core::route::{HeaderMatch, HttpMatch, PathMatch, Route, Rule, Split};
-use needle_io::discovery::{Backend, Endpoint, Meshed, Service, StaticDiscovery};
+use needle_io::discovery::{Backend, Endpoint, Meshed, ProtocolHint, Service, StaticDiscovery};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -40,6 +40,9 @@ struct File {
 struct ServiceSpec {
     /// The address clients dial.
     dst: SocketAddr,
+    /// `detect` (default) or `opaque`: forward without detection.
+    #[serde(default)]
+    protocol: Option<String>,
     #[serde(default)]
     backend: Vec<BackendSpec>,
     #[serde(default)]
@@ -248,7 +251,19 @@ fn service(spec: ServiceSpec) -> Result<(Service, Vec<DnsBackend>), String> {
             rules,
         });
     }
-    Ok((Service { backends, routes }, dns))
+    let protocol = match spec.protocol.as_deref() {
+        None | Some("detect") => ProtocolHint::Detect,
+        Some("opaque") => ProtocolHint::Opaque,
+        Some(other) => return Err(format!("protocol {other:?}: expected `detect` or `opaque`")),
+    };
+    Ok((
+        Service {
+            backends,
+            routes,
+            protocol,
+        },
+        dns,
+    ))
 }
 
 fn route_rule(rule: RuleSpec) -> Result<Rule<HttpMatch, String>, String> {
@@ -497,6 +512,13 @@ backends = { v1 = 90, v2 = 10 }
 timeout = "10s"
 per_try_timeout = "1s"
 attempts = 2
+
+[[service]]
+dst = "10.96.0.11:3306"
+protocol = "opaque"
+[[service.backend]]
+name = "mysql"
+endpoint = [{ addr = "10.1.0.9:3306", identity = "spiffe://cluster.local/ns/shop/sa/db" }]
 "#;
 
     #[test]
@@ -519,6 +541,9 @@ attempts = 2
             Some(Duration::from_secs(1))
         );
         assert_eq!(parsed.dns.len(), 1);
+        assert_eq!(service.protocol, ProtocolHint::Detect);
+        let mysql: SocketAddr = "10.96.0.11:3306".parse().unwrap();
+        assert_eq!(parsed.services[&mysql].protocol, ProtocolHint::Opaque);
         assert_eq!(parsed.dns[0].refresh, Duration::from_secs(1));
         // The example in the docs is this one.
         let docs = include_str!("../../docs/configuration.md");
@@ -550,6 +575,10 @@ attempts = 2
             (
                 "[[service]]\ndst = \"1.2.3.4:80\"\n[[service]]\ndst = \"1.2.3.4:80\"\n",
                 "listed twice",
+            ),
+            (
+                "[[service]]\ndst = \"1.2.3.4:80\"\nprotocol = \"smtp\"\n",
+                "expected `detect` or `opaque`",
             ),
         ];
         for (text, expected) in cases {

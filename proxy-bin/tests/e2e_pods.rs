@@ -381,6 +381,41 @@ fn two_pods_mesh_through_iptables_redirection() {
         ),
         "server side TCP:\n{api_metrics}"
     );
+    // The admin port is reachable from the pod network (probes, scrapes)
+    // but changes state only for localhost.
+    let admin = format!("http://{}:4191", server.ip);
+    let remote_put = client
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "PUT",
+                "--data",
+                "debug",
+                &format!("{admin}/log-level"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(remote_put, "403", "PUT /log-level from another pod");
+    let remote_ready = client
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{admin}/ready"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(remote_ready, "200", "probes work from outside");
     drop(client);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -143,6 +143,9 @@ pub enum OpaqueReason {
     /// The server spoke before the client had proven anything: a
     /// server-speaks-first protocol (MySQL, SMTP, NATS, ...), forwarded as is.
     ServerFirst,
+    /// Not detected at all: configuration (a discovery hint) says the
+    /// destination speaks an opaque protocol.
+    Configured,
 }
 
 /// Why each recognizer rejected the bytes, for logs and metrics.

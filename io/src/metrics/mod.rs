@@ -249,6 +249,7 @@ impl Metrics {
                     OpaqueReason::Timeout => "timeout",
                     OpaqueReason::ClientClosed => "client_closed",
                     OpaqueReason::ServerFirst => "server_first",
+                    OpaqueReason::Configured => "configured",
                     _ => "other",
                 },
             ),
