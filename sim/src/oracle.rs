@@ -455,3 +455,139 @@ pub fn same_seed_same_digest(a: &Run, b: &Run) -> Verdict {
         )],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The oracles can fail: each is shown a run with the violation it
+    //! exists to catch, and a clean one.
+
+    use super::*;
+    use crate::faults::Scheduled;
+    use crate::ledger::{Arrival, Proto, RequestRecord};
+    use crate::net::ConnCounts;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn run_with(requests: Vec<RequestRecord>, arrivals: Vec<Arrival>) -> Run {
+        Run {
+            scenario: "test",
+            seed: 0,
+            events: Vec::new(),
+            digest: 0,
+            requests,
+            arrivals,
+            sessions: Vec::new(),
+            applied: Vec::new(),
+            drawn: Vec::new(),
+            counts: ConnCounts::default(),
+            panics: Vec::new(),
+            error: None,
+            quiet_from: Duration::from_secs(6),
+            stop_at: Duration::from_secs(10),
+            initial: vec![0, 1, 2],
+            servers: 3,
+        }
+    }
+
+    fn request(id: u64, method: &'static str, sent: u64, echoed: u64) -> RequestRecord {
+        RequestRecord {
+            id,
+            proto: Proto::H1,
+            method,
+            sent_at: ms(sent),
+            answer: Answer::Response {
+                at: ms(sent + 5),
+                status: 200,
+                needle_error: None,
+                echoed: Some(echoed),
+                server: Some("server0".into()),
+            },
+        }
+    }
+
+    fn arrival(id: u64, server: usize, at: u64, method: &str) -> Arrival {
+        Arrival {
+            at: ms(at),
+            server,
+            id,
+            method: method.into(),
+        }
+    }
+
+    #[test]
+    fn someone_elses_answer_or_silence_is_caught() {
+        let clean = run_with(vec![request(1, "GET", 0, 1)], vec![arrival(1, 0, 2, "GET")]);
+        assert_eq!(answered_once_in_time(&clean).violation, None);
+        let swapped = run_with(vec![request(1, "GET", 0, 2)], vec![]);
+        assert!(answered_once_in_time(&swapped).violation.is_some());
+        let mut late = request(1, "GET", 0, 1);
+        late.answer = Answer::Late { at: ms(2500) };
+        assert!(
+            answered_once_in_time(&run_with(vec![late], vec![]))
+                .violation
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_post_reaching_servers_twice_is_caught() {
+        let requests = vec![request(1, "POST", 0, 1), request(2, "GET", 0, 2)];
+        let get_twice = vec![
+            arrival(1, 0, 2, "POST"),
+            arrival(2, 0, 2, "GET"),
+            arrival(2, 1, 9, "GET"),
+        ];
+        let verdict = post_never_twice(&run_with(requests.clone(), get_twice));
+        assert_eq!(verdict, Verdict::new(true, Vec::new()));
+        let post_twice = vec![arrival(1, 0, 2, "POST"), arrival(1, 1, 9, "POST")];
+        assert!(
+            post_never_twice(&run_with(requests, post_twice))
+                .violation
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn attempts_beyond_the_policy_are_caught() {
+        let arrivals = (0..4).map(|i| arrival(1, i % 3, i as u64, "GET")).collect();
+        let run = run_with(vec![request(1, "GET", 0, 1)], arrivals);
+        assert!(retries_within_budget(&run).violation.is_some());
+    }
+
+    #[test]
+    fn traffic_after_removal_plus_drain_is_caught() {
+        let mut run = run_with(
+            vec![request(1, "GET", 0, 1), request(2, "GET", 0, 2)],
+            vec![arrival(1, 2, 1500, "GET"), arrival(2, 2, 4000, "GET")],
+        );
+        run.applied.push(Scheduled {
+            at: ms(1000),
+            action: Action::Endpoints {
+                servers: vec![0, 1],
+            },
+        });
+        let verdict = no_traffic_after_removal(&run);
+        let text = verdict.violation.expect("the late arrival is caught");
+        assert!(text.contains("#2") && !text.contains("#1 "), "{text}");
+    }
+
+    #[test]
+    fn a_slow_endpoint_keeping_its_share_is_caught() {
+        let arrivals: Vec<_> = (0..90)
+            .map(|i| arrival(i, (i % 3) as usize, 4000 + i, "GET"))
+            .collect();
+        let mut run = run_with(Vec::new(), arrivals);
+        run.applied.push(Scheduled {
+            at: ms(500),
+            action: Action::Slow {
+                server: 1,
+                delay: ms(250),
+            },
+        });
+        assert!(slow_endpoint_shunned(&run).violation.is_some());
+        run.arrivals.retain(|a| a.server != 1 || a.id < 6);
+        assert_eq!(slow_endpoint_shunned(&run).violation, None);
+    }
+}

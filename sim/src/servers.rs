@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -129,8 +129,16 @@ pub async fn http_server(ctl: ServerCtl, ledger: Ledger) -> turmoil::Result {
                 async move { Ok::<_, Infallible>(answer(&ctl, &ledger, req).await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().auto_date_header(false);
-            builder.http2().auto_date_header(false);
+            // tokio's (virtual) clock for hyper's timeouts, and no `date`
+            // header: nothing from the system clock.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .auto_date_header(false);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .auto_date_header(false);
             // A connection the sidecar drops, or a partition, ends it.
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
