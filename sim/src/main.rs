@@ -180,6 +180,7 @@ fn sweep_one(scenario: &Scenario, seeds: Range<u64>, threads: usize, twice: bool
     );
     println!("  faults applied (runs): {:?}", summary.faults);
     println!("  oracles exercised (runs): {:?}", summary.oracles);
+    println!("  Needle's own answers: {:?}", summary.needle_errors);
     for failure in summary.failures.iter().take(20) {
         println!("  {failure}");
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::faults::FaultKind;
+use crate::ledger::Answer;
 use crate::oracle::{self, Failure};
 use crate::scenario::Scenario;
 use crate::world;
@@ -26,6 +27,8 @@ pub struct Summary {
     pub oracles: BTreeMap<&'static str, u64>,
     /// Requests sent, over all runs.
     pub requests: u64,
+    /// Needle's own answers over all runs, by `needle-error` reason.
+    pub needle_errors: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -33,6 +36,9 @@ impl Summary {
         self.runs += other.runs;
         self.failures.extend(other.failures);
         self.requests += other.requests;
+        for (k, v) in other.needle_errors {
+            *self.needle_errors.entry(k).or_default() += v;
+        }
         for (k, v) in other.faults {
             *self.faults.entry(k).or_default() += v;
         }
@@ -45,6 +51,15 @@ impl Summary {
     pub fn record(&mut self, run: &world::Run, findings: &[oracle::Finding]) {
         self.runs += 1;
         self.requests += run.requests.len() as u64;
+        for r in &run.requests {
+            if let Answer::Response {
+                needle_error: Some(reason),
+                ..
+            } = &r.answer
+            {
+                *self.needle_errors.entry(reason.clone()).or_default() += 1;
+            }
+        }
         for kind in FaultKind::ALL {
             if run.applied.iter().any(|s| s.action.starts() == Some(kind)) {
                 *self.faults.entry(kind.name()).or_default() += 1;
