@@ -10,8 +10,24 @@ use needle_sim::{scenario, world};
 /// suite within CI's budget on a debug build.
 const SEEDS: [u64; 2] = [1, 2];
 
-/// Seeds a sweep once found failing, kept so the bug stays fixed.
-const REGRESSIONS: &[(&str, u64)] = &[];
+/// Seeds a sweep once found failing, kept so the bug stays fixed (each runs
+/// twice). chaos 221, 234, 258: a crashed server's connections closed in
+/// an order that depended on tokio's process-wide task ids, so the seed
+/// replayed differently (fixed: server tasks on turmoil's `LocalSet`).
+const REGRESSIONS: &[(&str, u64)] = &[("chaos", 221), ("chaos", 234), ("chaos", 258)];
+
+/// Moves tokio's process-wide task-id counter on, so that the second run of
+/// a seed never gets the first run's task ids: a run whose outcome depends
+/// on task ids (as a crash's did, see `REGRESSIONS`) then shows up as two
+/// digests whatever else the process ran before.
+fn burn_task_ids() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let _ = tokio::spawn(async {}).await;
+    });
+}
 
 fn check(name: &str, seeds: &[u64]) {
     let scenario = scenario::find(name).expect("a scenario of the catalogue");
@@ -26,6 +42,7 @@ fn check(name: &str, seeds: &[u64]) {
         );
         let mut findings = oracle::check(&run, scenario.checks);
         if i == 0 {
+            burn_task_ids();
             let again = world::run(&scenario, seed);
             findings.push(Finding {
                 oracle: "same-seed-same-digest",
