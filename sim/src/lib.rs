@@ -1,4 +1,25 @@
 //! # needle-sim: Needle under faults, replayable by seed
 //!
-//! Turmoil worlds built from the real `needle-io` stack arrive with the
-//! simulation work (see `docs/simulation.md` once it exists).
+//! A turmoil world built from the real `needle-io` stack (the production
+//! `Port` and `HttpProxy` over simulated sockets), driven through a
+//! seed-derived fault schedule, and judged by oracles. See
+//! `docs/simulation.md`.
+//!
+//! - [`scenario`]: scenarios as data, and the catalogue;
+//! - [`faults`]: fault kinds, windows and swarm-drawn schedules;
+//! - [`workload`] and [`servers`]: what clients and servers do;
+//! - [`world`]: building and driving one run;
+//! - [`oracle`]: the properties each run must have;
+//! - [`trace`]: the event log and its digest;
+//! - [`sweep`]: many seeds in parallel, with coverage counters.
+
+pub mod faults;
+pub mod ledger;
+pub mod net;
+pub mod oracle;
+pub mod scenario;
+pub mod servers;
+pub mod sweep;
+pub mod trace;
+pub mod workload;
+pub mod world;

@@ -1,0 +1,593 @@
+//! Oracles: properties every run must have, each a small function over a
+//! finished [`Run`]. Each returns a [`Verdict`]: whether the run gave the
+//! property something to bite on (coverage: a sweep reports how often each
+//! oracle was exercised) and the violation, if any.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use needle_core::retry::{BudgetConfig, RetryPolicy};
+
+use crate::faults::Action;
+use crate::ledger::{Answer, SessionKind};
+use crate::scenario::Check;
+use crate::servers::HTTP_PORT;
+use crate::workload::SLACK;
+use crate::world::{REQUEST_TIMEOUT, Run};
+
+/// What an oracle found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The run had something for this oracle to check.
+    pub exercised: bool,
+    /// What went wrong, if anything.
+    pub violation: Option<String>,
+}
+
+impl Verdict {
+    fn new(exercised: bool, problems: Vec<String>) -> Self {
+        let violation = (!problems.is_empty()).then(|| {
+            let shown: Vec<_> = problems.iter().take(5).cloned().collect();
+            let more = problems.len().saturating_sub(shown.len());
+            let mut text = shown.join("; ");
+            if more > 0 {
+                text.push_str(&format!("; and {more} more"));
+            }
+            text
+        });
+        Verdict {
+            exercised,
+            violation,
+        }
+    }
+}
+
+/// One oracle's verdict on one run.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Oracle name.
+    pub oracle: &'static str,
+    /// Its verdict.
+    pub verdict: Verdict,
+}
+
+/// A violation, printed with the seed and the command that replays it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Scenario.
+    pub scenario: &'static str,
+    /// Seed.
+    pub seed: u64,
+    /// Which oracle.
+    pub oracle: &'static str,
+    /// What it found.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} seed {}: {} violated: {}\n  replay: {}",
+            self.scenario,
+            self.seed,
+            self.oracle,
+            self.detail,
+            crate::world::replay_command(self.scenario, self.seed)
+        )
+    }
+}
+
+/// How long after the quiet phase starts every request must succeed:
+/// ejected endpoints come back on probation, held and dead connections are
+/// noticed by timeouts and keepalives (1 s + 2 s in the simulator).
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// How long after its removal from discovery an endpoint may still see
+/// requests: those picked before the removal may still be on their way
+/// (bounded by the request timeout) plus links.
+pub const REMOVAL_DRAIN: Duration = Duration::from_millis(2_500);
+
+/// An oracle: a name and the property's check.
+pub type Oracle = (&'static str, fn(&Run) -> Verdict);
+
+/// The oracles run on every run, by name.
+pub const ALWAYS: [Oracle; 8] = [
+    ("answered-once-in-time", answered_once_in_time),
+    ("retries-within-budget", retries_within_budget),
+    ("post-never-twice", post_never_twice),
+    ("recovers-when-quiet", recovers_when_quiet),
+    ("no-panics", no_panics),
+    ("connections-closed", connections_closed),
+    ("no-traffic-after-removal", no_traffic_after_removal),
+    ("sessions-complete", sessions_complete),
+];
+
+/// Runs every oracle that applies to `run`.
+pub fn check(run: &Run, checks: &[Check]) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = ALWAYS
+        .iter()
+        .map(|&(oracle, f)| Finding {
+            oracle,
+            verdict: f(run),
+        })
+        .collect();
+    for check in checks {
+        let (oracle, verdict) = match check {
+            Check::SlowShunned => ("slow-endpoint-shunned", slow_endpoint_shunned(run)),
+            Check::RetriesRecover => ("retries-recover-success", retries_recover_success(run)),
+        };
+        findings.push(Finding { oracle, verdict });
+    }
+    findings
+}
+
+/// The violations among `findings`, as failures of `run`.
+pub fn failures(run: &Run, findings: &[Finding]) -> Vec<Failure> {
+    findings
+        .iter()
+        .filter_map(|f| {
+            f.verdict.violation.as_ref().map(|detail| Failure {
+                scenario: run.scenario,
+                seed: run.seed,
+                oracle: f.oracle,
+                detail: detail.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Every request the client sent got exactly one answer, its own, before
+/// the sidecar's request timeout plus slack: a server's response echoing
+/// the request's id, or Needle's own 502/503/504 naming its reason in
+/// `needle-error`. No connection failure, no silence, no other request's
+/// response, and no server saw a request nobody sent.
+pub fn answered_once_in_time(run: &Run) -> Verdict {
+    let mut problems = Vec::new();
+    let mut seen = BTreeMap::new();
+    for r in &run.requests {
+        *seen.entry(r.id).or_insert(0u32) += 1;
+        match &r.answer {
+            Answer::Response {
+                at,
+                status,
+                needle_error,
+                echoed,
+                ..
+            } => {
+                match (needle_error, echoed) {
+                    (Some(reason), _) if ![502, 503, 504].contains(status) => {
+                        problems.push(format!("#{} got Needle's {status} {reason}", r.id));
+                    }
+                    (None, e) if *e != Some(r.id) => {
+                        problems.push(format!("#{} got {status} echoing {e:?}", r.id));
+                    }
+                    _ => {}
+                }
+                if at.saturating_sub(r.sent_at) > REQUEST_TIMEOUT + SLACK {
+                    problems.push(format!("#{} answered after {:?}", r.id, *at - r.sent_at));
+                }
+            }
+            Answer::Failed { at, error } => {
+                problems.push(format!("#{} failed at {at:?}: {error}", r.id));
+            }
+            Answer::Late { at } => problems.push(format!("#{} unanswered at {at:?}", r.id)),
+        }
+    }
+    for (id, n) in &seen {
+        if *n != 1 {
+            problems.push(format!("#{id} recorded {n} times"));
+        }
+    }
+    for a in &run.arrivals {
+        if !seen.contains_key(&a.id) {
+            problems.push(format!("server{} got #{} nobody sent", a.server, a.id));
+        }
+    }
+    Verdict::new(!run.requests.is_empty(), problems)
+}
+
+/// Attempts per request, as the servers counted them.
+fn attempts(run: &Run) -> BTreeMap<u64, u32> {
+    let mut n = BTreeMap::new();
+    for a in &run.arrivals {
+        *n.entry(a.id).or_insert(0) += 1;
+    }
+    n
+}
+
+/// Retries stay within the policy and the budget: no request reached the
+/// servers more often than the policy's attempts, and the extra attempts
+/// of the whole run stay under what the budget can grant (its ratio of
+/// the requests plus its floor per second over the run and one window).
+pub fn retries_within_budget(run: &Run) -> Verdict {
+    let policy = RetryPolicy::default();
+    let budget = BudgetConfig::default();
+    let mut problems = Vec::new();
+    let attempts = attempts(run);
+    let mut extra = 0u64;
+    for (&id, &n) in &attempts {
+        if n > policy.max_attempts {
+            problems.push(format!("#{id} reached servers {n} times"));
+        }
+        extra += u64::from(n.saturating_sub(1));
+    }
+    let requests = run.requests.len() as f64;
+    let span = run.stop_at + budget.window;
+    let bound = budget.ratio * requests + f64::from(budget.min_per_second) * span.as_secs_f64();
+    if extra as f64 > bound {
+        problems.push(format!(
+            "{extra} extra attempts for {requests} requests, budget allows {bound:.0}"
+        ));
+    }
+    Verdict::new(extra > 0, problems)
+}
+
+/// A non-idempotent request (POST) never reaches a server twice: it is
+/// retried only when its connection failed before it left.
+pub fn post_never_twice(run: &Run) -> Verdict {
+    let attempts = attempts(run);
+    let mut retried_any = false;
+    let mut problems = Vec::new();
+    for r in &run.requests {
+        let n = attempts.get(&r.id).copied().unwrap_or(0);
+        if n > 1 {
+            retried_any = true;
+            if r.method == "POST" {
+                problems.push(format!("POST #{} reached servers {n} times", r.id));
+            }
+        }
+    }
+    let posts = run.requests.iter().any(|r| r.method == "POST");
+    Verdict::new(posts && retried_any, problems)
+}
+
+/// Success recovers once faults heal: every request sent, and every
+/// session started, from [`SETTLE`] into the quiet phase on succeeded.
+pub fn recovers_when_quiet(run: &Run) -> Verdict {
+    let from = run.quiet_from + SETTLE;
+    let faulted = run.applied.iter().any(|s| s.action.starts().is_some());
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for r in run.requests.iter().filter(|r| r.sent_at >= from) {
+        checked += 1;
+        if !r.succeeded() {
+            problems.push(format!("#{} at {:?}: {:?}", r.id, r.sent_at, r.answer));
+        }
+    }
+    for s in run.sessions.iter().filter(|s| s.started >= from) {
+        if let Err(e) = &s.outcome {
+            problems.push(format!("session #{} at {:?}: {e}", s.id, s.started));
+        }
+    }
+    if checked == 0 && !run.requests.is_empty() {
+        problems.push("no request in the quiet phase".into());
+    }
+    Verdict::new(faulted && checked > 0, problems)
+}
+
+/// No task panicked (tokio catches a task's panic; the hook counts it) and
+/// every host ran to its end without error.
+pub fn no_panics(run: &Run) -> Verdict {
+    let mut problems: Vec<String> = run.panics.iter().map(|p| format!("panic: {p}")).collect();
+    if let Some(e) = &run.error {
+        problems.push(format!("simulation: {e}"));
+    }
+    Verdict::new(true, problems)
+}
+
+/// Every connection a client opened is closed at the end, on the sidecar
+/// too, and so is every opaque connection the sidecar dialled for it.
+/// (Pooled HTTP connections to servers may stay: they are the pool.)
+pub fn connections_closed(run: &Run) -> Verdict {
+    let mut problems = Vec::new();
+    if run.counts.accepted_open > 0 {
+        problems.push(format!(
+            "{} of {} client connections still open on the sidecar",
+            run.counts.accepted_open, run.counts.accepted_total
+        ));
+    }
+    for (addr, open) in &run.counts.dialled_open {
+        if addr.port() != HTTP_PORT && *open > 0 {
+            problems.push(format!("{open} opaque connections to {addr} still open"));
+        }
+    }
+    Verdict::new(run.counts.accepted_total > 0, problems)
+}
+
+/// No request reaches an endpoint after discovery removed it plus
+/// [`REMOVAL_DRAIN`], unless it was published again.
+pub fn no_traffic_after_removal(run: &Run) -> Verdict {
+    // (from, members) in time order.
+    let mut versions = vec![(Duration::ZERO, run.initial.clone())];
+    for s in &run.applied {
+        if let Action::Endpoints { servers } = &s.action {
+            versions.push((s.at, servers.clone()));
+        }
+    }
+    let mut removals = 0;
+    for pair in versions.windows(2) {
+        removals += pair[0].1.iter().filter(|s| !pair[1].1.contains(s)).count();
+    }
+    let mut problems = Vec::new();
+    for a in &run.arrivals {
+        // Members now, and when it last left.
+        let current = versions
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= a.at)
+            .map(|(_, m)| m);
+        if current.is_some_and(|m| m.contains(&a.server)) {
+            continue;
+        }
+        let left = versions
+            .windows(2)
+            .filter(|w| w[1].0 <= a.at && w[0].1.contains(&a.server) && !w[1].1.contains(&a.server))
+            .map(|w| w[1].0)
+            .next_back();
+        match left {
+            Some(left) if a.at > left + REMOVAL_DRAIN => problems.push(format!(
+                "server{} got #{} at {:?}, removed at {left:?}",
+                a.server, a.id, a.at
+            )),
+            Some(_) => {}
+            None => problems.push(format!(
+                "server{} got #{} at {:?} and was never published",
+                a.server, a.id, a.at
+            )),
+        }
+    }
+    Verdict::new(removals > 0, problems)
+}
+
+/// Opaque sessions complete: echoes come back, a server-first greeting
+/// reaches the client within 50 ms of connecting (no detection stall), a
+/// client silent past the detection timeout is forwarded, not dropped,
+/// and the far side closes when the client does.
+pub fn sessions_complete(run: &Run) -> Verdict {
+    let mut problems = Vec::new();
+    for s in &run.sessions {
+        if let Err(e) = &s.outcome {
+            problems.push(format!("{:?} session #{}: {e}", s.kind, s.id));
+        }
+        if s.kind == SessionKind::Banner {
+            match s.first_byte {
+                Some(at) if at - s.started > Duration::from_millis(50) => {
+                    problems.push(format!("greeting of #{} after {:?}", s.id, at - s.started))
+                }
+                _ => {}
+            }
+        }
+    }
+    Verdict::new(!run.sessions.is_empty(), problems)
+}
+
+/// When an endpoint becomes slow, the balancer moves its traffic away:
+/// from 3 s after the change to the end of the traffic phase, it gets at
+/// most a fifth of an equal share (at least 80 % of its traffic moved to
+/// the others).
+pub fn slow_endpoint_shunned(run: &Run) -> Verdict {
+    let Some((at, server)) = run.applied.iter().find_map(|s| match s.action {
+        Action::Slow { server, .. } => Some((s.at, server)),
+        _ => None,
+    }) else {
+        return Verdict::new(false, Vec::new());
+    };
+    let from = at + Duration::from_secs(3);
+    let window: Vec<_> = run
+        .arrivals
+        .iter()
+        .filter(|a| a.at >= from && a.at < run.quiet_from)
+        .collect();
+    let slow = window.iter().filter(|a| a.server == server).count();
+    let share = slow as f64 / window.len().max(1) as f64;
+    let limit = 0.2 / run.servers as f64;
+    let mut problems = Vec::new();
+    if window.len() < 50 {
+        problems.push(format!("only {} attempts to judge by", window.len()));
+    } else if share > limit {
+        problems.push(format!(
+            "slow server{server} still took {:.1} % ({slow} of {}) from {from:?}; limit {:.1} %",
+            share * 100.0,
+            window.len(),
+            limit * 100.0
+        ));
+    }
+    Verdict::new(true, problems)
+}
+
+/// With half the endpoints failing half their requests, retries recover
+/// success: at least 90 % of GETs (retried) succeed during the traffic
+/// phase, better than POSTs (never retried after they left), whose
+/// success shows what a single attempt achieves. The extra load stays
+/// within the budget ([`retries_within_budget`]).
+pub fn retries_recover_success(run: &Run) -> Verdict {
+    let ratio = |method: &str| {
+        let sent: Vec<_> = run
+            .requests
+            .iter()
+            .filter(|r| r.method == method && r.sent_at < run.quiet_from)
+            .collect();
+        let ok = sent.iter().filter(|r| r.succeeded()).count();
+        (ok as f64 / sent.len().max(1) as f64, sent.len())
+    };
+    let (get, gets) = ratio("GET");
+    let (post, posts) = ratio("POST");
+    let mut problems = Vec::new();
+    if gets < 100 || posts < 20 {
+        problems.push(format!("too few requests: {gets} GET, {posts} POST"));
+    } else if get < 0.9 || get <= post {
+        problems.push(format!(
+            "GET success {:.1} % ({gets}), POST {:.1} % ({posts})",
+            get * 100.0,
+            post * 100.0
+        ));
+    }
+    Verdict::new(true, problems)
+}
+
+/// The same seed gives the same trace: `a` and `b` are two runs of one
+/// scenario and seed. On a difference, says where the traces part.
+pub fn same_seed_same_digest(a: &Run, b: &Run) -> Verdict {
+    if a.digest == b.digest {
+        return Verdict::new(true, Vec::new());
+    }
+    let at = a
+        .events
+        .iter()
+        .zip(&b.events)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.events.len().min(b.events.len()));
+    let show = |run: &Run| {
+        run.events
+            .get(at)
+            .map_or("(end)".to_owned(), ToString::to_string)
+    };
+    Verdict::new(
+        true,
+        vec![format!(
+            "digests {:016x} and {:016x} differ at event {at}: {} / {}",
+            a.digest,
+            b.digest,
+            show(a),
+            show(b)
+        )],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The oracles can fail: each is shown a run with the violation it
+    //! exists to catch, and a clean one.
+
+    use super::*;
+    use crate::faults::Scheduled;
+    use crate::ledger::{Arrival, Proto, RequestRecord};
+    use crate::net::ConnCounts;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn run_with(requests: Vec<RequestRecord>, arrivals: Vec<Arrival>) -> Run {
+        Run {
+            scenario: "test",
+            seed: 0,
+            events: Vec::new(),
+            digest: 0,
+            requests,
+            arrivals,
+            sessions: Vec::new(),
+            applied: Vec::new(),
+            drawn: Vec::new(),
+            counts: ConnCounts::default(),
+            panics: Vec::new(),
+            error: None,
+            quiet_from: Duration::from_secs(6),
+            stop_at: Duration::from_secs(10),
+            initial: vec![0, 1, 2],
+            servers: 3,
+        }
+    }
+
+    fn request(id: u64, method: &'static str, sent: u64, echoed: u64) -> RequestRecord {
+        RequestRecord {
+            id,
+            proto: Proto::H1,
+            method,
+            sent_at: ms(sent),
+            answer: Answer::Response {
+                at: ms(sent + 5),
+                status: 200,
+                needle_error: None,
+                echoed: Some(echoed),
+                server: Some("server0".into()),
+            },
+        }
+    }
+
+    fn arrival(id: u64, server: usize, at: u64, method: &str) -> Arrival {
+        Arrival {
+            at: ms(at),
+            server,
+            id,
+            method: method.into(),
+        }
+    }
+
+    #[test]
+    fn someone_elses_answer_or_silence_is_caught() {
+        let clean = run_with(vec![request(1, "GET", 0, 1)], vec![arrival(1, 0, 2, "GET")]);
+        assert_eq!(answered_once_in_time(&clean).violation, None);
+        let swapped = run_with(vec![request(1, "GET", 0, 2)], vec![]);
+        assert!(answered_once_in_time(&swapped).violation.is_some());
+        let mut late = request(1, "GET", 0, 1);
+        late.answer = Answer::Late { at: ms(2500) };
+        assert!(
+            answered_once_in_time(&run_with(vec![late], vec![]))
+                .violation
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_post_reaching_servers_twice_is_caught() {
+        let requests = vec![request(1, "POST", 0, 1), request(2, "GET", 0, 2)];
+        let get_twice = vec![
+            arrival(1, 0, 2, "POST"),
+            arrival(2, 0, 2, "GET"),
+            arrival(2, 1, 9, "GET"),
+        ];
+        let verdict = post_never_twice(&run_with(requests.clone(), get_twice));
+        assert_eq!(verdict, Verdict::new(true, Vec::new()));
+        let post_twice = vec![arrival(1, 0, 2, "POST"), arrival(1, 1, 9, "POST")];
+        assert!(
+            post_never_twice(&run_with(requests, post_twice))
+                .violation
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn attempts_beyond_the_policy_are_caught() {
+        let arrivals = (0..4).map(|i| arrival(1, i % 3, i as u64, "GET")).collect();
+        let run = run_with(vec![request(1, "GET", 0, 1)], arrivals);
+        assert!(retries_within_budget(&run).violation.is_some());
+    }
+
+    #[test]
+    fn traffic_after_removal_plus_drain_is_caught() {
+        let mut run = run_with(
+            vec![request(1, "GET", 0, 1), request(2, "GET", 0, 2)],
+            vec![arrival(1, 2, 1500, "GET"), arrival(2, 2, 4000, "GET")],
+        );
+        run.applied.push(Scheduled {
+            at: ms(1000),
+            action: Action::Endpoints {
+                servers: vec![0, 1],
+            },
+        });
+        let verdict = no_traffic_after_removal(&run);
+        let text = verdict.violation.expect("the late arrival is caught");
+        assert!(text.contains("#2") && !text.contains("#1 "), "{text}");
+    }
+
+    #[test]
+    fn a_slow_endpoint_keeping_its_share_is_caught() {
+        let arrivals: Vec<_> = (0..90)
+            .map(|i| arrival(i, (i % 3) as usize, 4000 + i, "GET"))
+            .collect();
+        let mut run = run_with(Vec::new(), arrivals);
+        run.applied.push(Scheduled {
+            at: ms(500),
+            action: Action::Slow {
+                server: 1,
+                delay: ms(250),
+            },
+        });
+        assert!(slow_endpoint_shunned(&run).violation.is_some());
+        run.arrivals.retain(|a| a.server != 1 || a.id < 6);
+        assert_eq!(slow_endpoint_shunned(&run).violation, None);
+    }
+}

@@ -1,0 +1,231 @@
+//! Scenarios as data: a topology, a workload, the faults the seed may
+//! draw, a plan of scenario-specific actions, and the extra oracles that
+//! apply. The catalogue is [`all`]; `needle-sim list` prints it.
+
+use std::time::Duration;
+
+use rand::Rng;
+use rand::rngs::StdRng;
+
+use crate::faults::{Action, FaultKind, Scheduled, window};
+use crate::workload::Workload;
+
+/// Oracles that only make sense for some scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The balancer moves traffic away from the endpoint made slow.
+    SlowShunned,
+    /// Retries turn a failing minority of answers into successes, within
+    /// the budget.
+    RetriesRecover,
+}
+
+/// A scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// One line: what it exercises.
+    pub about: &'static str,
+    /// HTTP servers (`server0`...).
+    pub servers: usize,
+    /// How many of them (the first ones) discovery publishes at the start.
+    pub discovered: usize,
+    /// What the client sends.
+    pub workload: Workload,
+    /// The traffic phase: faults happen in it, and it ends with every
+    /// fault healed.
+    pub traffic: Duration,
+    /// The quiet phase after it: traffic goes on, nothing fails.
+    pub quiet: Duration,
+    /// The sidecar's protocol detection timeout.
+    pub detect_timeout: Duration,
+    /// The fault kinds the seed may draw (swarm testing).
+    pub swarm: &'static [FaultKind],
+    /// Scenario-specific actions, drawn from the seed.
+    pub plan: fn(&mut StdRng, &Scenario) -> Vec<Scheduled>,
+    /// Scenario-specific oracles.
+    pub checks: &'static [Check],
+}
+
+fn base(name: &'static str, about: &'static str) -> Scenario {
+    Scenario {
+        name,
+        about,
+        servers: 3,
+        discovered: 3,
+        workload: Workload::default(),
+        traffic: Duration::from_secs(6),
+        quiet: Duration::from_secs(4),
+        detect_timeout: Duration::from_secs(5),
+        swarm: &[],
+        plan: |_, _| Vec::new(),
+        checks: &[],
+    }
+}
+
+fn secs(rng: &mut StdRng, from: f64, to: f64) -> Duration {
+    Duration::from_secs_f64(rng.random_range(from..=to))
+}
+
+/// Every scenario.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            swarm: &[FaultKind::Latency, FaultKind::Hold],
+            plan: |rng, s| {
+                let server = rng.random_range(0..s.servers);
+                let (start, len) = (secs(rng, 1.0, 2.5), secs(rng, 1.0, 2.5));
+                window(rng, FaultKind::Partition, server, start, len).to_vec()
+            },
+            ..base(
+                "partition",
+                "sidecar and one server partitioned mid-traffic, then healed",
+            )
+        },
+        Scenario {
+            swarm: &[FaultKind::Latency, FaultKind::Partition],
+            plan: |rng, s| {
+                let server = rng.random_range(0..s.servers);
+                let (start, len) = (secs(rng, 1.0, 2.5), secs(rng, 1.0, 2.5));
+                window(rng, FaultKind::Crash, server, start, len).to_vec()
+            },
+            ..base("crash-restart", "a server host crashes, then restarts")
+        },
+        Scenario {
+            plan: |rng, s| {
+                vec![Scheduled {
+                    at: secs(rng, 1.0, 1.5),
+                    action: Action::Slow {
+                        server: rng.random_range(0..s.servers),
+                        delay: Duration::from_millis(250),
+                    },
+                }]
+            },
+            checks: &[Check::SlowShunned],
+            ..base(
+                "slow-endpoint",
+                "one endpoint becomes 250 ms slower; the balancer moves traffic away",
+            )
+        },
+        Scenario {
+            servers: 4,
+            discovered: 4,
+            plan: |rng, s| {
+                let first = rng.random_range(0..s.servers);
+                let second = (first + rng.random_range(1..s.servers)) % s.servers;
+                [first, second]
+                    .into_iter()
+                    .map(|server| Scheduled {
+                        at: Duration::from_millis(500),
+                        action: Action::Failing { server, ratio: 0.5 },
+                    })
+                    .collect()
+            },
+            checks: &[Check::RetriesRecover],
+            ..base(
+                "half-fail",
+                "half the endpoints answer half their requests with 503",
+            )
+        },
+        Scenario {
+            servers: 4,
+            discovered: 3,
+            swarm: &[FaultKind::Latency],
+            plan: |rng, _| {
+                let first = rng.random_range(0..3);
+                let second = (first + rng.random_range(1..3)) % 3;
+                let mut members: Vec<usize> = vec![0, 1, 2, 3];
+                let mut steps = Vec::new();
+                let mut publish = |at: Duration, members: &[usize]| {
+                    steps.push(Scheduled {
+                        at,
+                        action: Action::Endpoints {
+                            servers: members.to_vec(),
+                        },
+                    });
+                };
+                publish(secs(rng, 0.8, 1.5), &members);
+                members.retain(|&m| m != first);
+                publish(secs(rng, 1.8, 2.6), &members);
+                members.retain(|&m| m != second);
+                publish(secs(rng, 3.0, 3.8), &members);
+                members.push(first);
+                members.sort_unstable();
+                publish(secs(rng, 4.2, 5.0), &members);
+                steps
+            },
+            ..base(
+                "discovery-churn",
+                "endpoints added and removed under load; none gets traffic after removal plus drain",
+            )
+        },
+        Scenario {
+            servers: 2,
+            discovered: 2,
+            workload: Workload {
+                h1_workers: 1,
+                h2_workers: 1,
+                banner_sessions: 3,
+                echo_sessions: 2,
+                ..Workload::default()
+            },
+            swarm: &[FaultKind::Partition, FaultKind::Latency, FaultKind::Crash],
+            ..base(
+                "server-first",
+                "SMTP-like banner and echo sessions beside HTTP: no detection stall",
+            )
+        },
+        Scenario {
+            servers: 2,
+            discovered: 2,
+            detect_timeout: Duration::from_secs(1),
+            workload: Workload {
+                h1_workers: 1,
+                h2_workers: 1,
+                silent_sessions: 2,
+                echo_sessions: 1,
+                ..Workload::default()
+            },
+            ..base(
+                "silent-client",
+                "clients silent past the detection timeout are forwarded, not dropped",
+            )
+        },
+        Scenario {
+            swarm: &[FaultKind::Latency],
+            plan: |rng, s| {
+                let server = rng.random_range(0..s.servers);
+                let (start, len) = (secs(rng, 1.0, 2.5), secs(rng, 1.0, 2.5));
+                window(rng, FaultKind::OneWayPartition, server, start, len).to_vec()
+            },
+            ..base(
+                "one-way-partition",
+                "one direction between sidecar and a server drops everything, then heals",
+            )
+        },
+        Scenario {
+            plan: |rng, s| {
+                let (start, len) = (secs(rng, 1.0, 2.0), secs(rng, 2.0, 3.5));
+                let mut steps = Vec::new();
+                for server in 0..s.servers {
+                    steps.extend(window(rng, FaultKind::Loss, server, start, len));
+                }
+                steps
+            },
+            ..base(
+                "lossy-links",
+                "every sidecar-server link flaps and loses what is in flight",
+            )
+        },
+        Scenario {
+            swarm: &FaultKind::ALL,
+            ..base("chaos", "swarm of every fault kind, drawn from the seed")
+        },
+    ]
+}
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.name == name)
+}

@@ -1,0 +1,387 @@
+//! Building a turmoil world from a [`Scenario`] and a seed, and driving it:
+//! the driver steps the simulation tick by tick and applies the fault
+//! schedule at its simulated times.
+//!
+//! Topology: `client0` → `sidecar` (the real `needle_io::proxy::Port` and
+//! `HttpProxy` over turmoil sockets) → `server0..N` (HTTP) and `legacy`
+//! (opaque echo, banner). The sidecar has three ports, each with a fixed
+//! target since simulated connections are never redirected: 4140 is HTTP
+//! to the service (its key is `server0:80`; discovery maps it to the
+//! servers it currently publishes), 4141 forwards to the legacy echo and
+//! 4142 to the legacy banner service.
+//!
+//! Determinism: turmoil's `rng_seed` is the seed, its epoch is fixed, the
+//! proxy's RNG and every client and server RNG derive from the seed, hyper
+//! adds no `date` header, and nothing here reads the system clock or
+//! iterates a hash map.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once};
+use std::time::{Duration, UNIX_EPOCH};
+
+use needle_core::retry::Timeouts;
+use needle_io::discovery::{Endpoint, Service, StaticDiscovery};
+use needle_io::http::{HttpConfig, HttpProxy};
+use needle_io::net::Network;
+use needle_io::proxy::{Port, PortConfig};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::faults::{self, Action, FaultKind, Scheduled};
+use crate::ledger::{Arrival, Ledger, RequestRecord, SessionRecord};
+use crate::net::{ConnCounts, CountingNet};
+use crate::scenario::Scenario;
+use crate::servers::{self, BANNER_PORT, ECHO_PORT, HTTP_PORT, ServerCtl};
+use crate::trace::{self, Event};
+use crate::workload::{self, ClientPlan, SidecarPorts};
+
+/// The sidecar's ports.
+pub const PORTS: SidecarPorts = SidecarPorts {
+    http: 4140,
+    echo: 4141,
+    banner: 4142,
+};
+/// The sidecar's request timeout (to the response head).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The sidecar's per-try timeout.
+pub const PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long clients wait after closing everything, for the sidecar to
+/// close its side.
+pub const DRAIN: Duration = Duration::from_secs(1);
+/// turmoil's clock starts at 2026-01-01T00:00:00Z in every run.
+const EPOCH_SECS: u64 = 1_767_225_600;
+/// Link latency outside latency faults.
+const LINK_MIN: Duration = Duration::from_millis(1);
+const LINK_MAX: Duration = Duration::from_millis(3);
+
+/// Everything a run produced, for the oracles and the timeline.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// The seed.
+    pub seed: u64,
+    /// The ordered event log.
+    pub events: Vec<Event>,
+    /// Its digest.
+    pub digest: u64,
+    /// Every request and its answer.
+    pub requests: Vec<RequestRecord>,
+    /// Every attempt that reached a server.
+    pub arrivals: Vec<Arrival>,
+    /// Every opaque session.
+    pub sessions: Vec<SessionRecord>,
+    /// The actions applied, at the times they were applied.
+    pub applied: Vec<Scheduled>,
+    /// The fault kinds swarm testing drew for this seed.
+    pub drawn: Vec<FaultKind>,
+    /// The sidecar's connection counts at the end.
+    pub counts: ConnCounts,
+    /// Panics seen on the simulation's thread.
+    pub panics: Vec<String>,
+    /// The simulation's own error (a host failed, or time ran out).
+    pub error: Option<String>,
+    /// When the quiet phase started.
+    pub quiet_from: Duration,
+    /// When the traffic stopped.
+    pub stop_at: Duration,
+    /// The servers discovery published at the start.
+    pub initial: Vec<usize>,
+    /// How many HTTP servers.
+    pub servers: usize,
+}
+
+impl Run {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        replay_command(self.scenario, self.seed)
+    }
+}
+
+/// The command that replays `scenario` with `seed`.
+pub fn replay_command(scenario: &str, seed: u64) -> String {
+    format!("cargo run --release -p needle-sim -- replay {scenario} --seed {seed}")
+}
+
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Counts panics on each thread (turmoil runs a world on one thread, and
+/// tokio swallows a panicking task's unwind), then lets the previous hook
+/// print them as usual.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            previous(info);
+        }));
+    });
+}
+
+/// The schedule for `scenario` and `seed`: its plan, the swarm's faults,
+/// and the quiet phase's heal, in time order.
+pub fn schedule(scenario: &Scenario, seed: u64) -> (Vec<FaultKind>, Vec<Scheduled>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x05ee_d0ff_a017);
+    let mut schedule = (scenario.plan)(&mut rng, scenario);
+    let (drawn, extra) = faults::swarm(
+        &mut rng,
+        scenario.swarm,
+        scenario.servers,
+        Duration::from_secs(1),
+        scenario.traffic - Duration::from_millis(500),
+    );
+    schedule.extend(extra);
+    schedule.push(Scheduled {
+        at: scenario.traffic,
+        action: Action::HealAll,
+    });
+    // Stable: simultaneous actions keep their planned order.
+    schedule.sort_by_key(|s| s.at);
+    (drawn, schedule)
+}
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// Runs `scenario` with `seed` to its end.
+pub fn run(scenario: &Scenario, seed: u64) -> Run {
+    install_panic_hook();
+    PANICS.with(|p| p.borrow_mut().clear());
+    let ledger = Ledger::default();
+    let (drawn, schedule) = schedule(scenario, seed);
+    let stop_at = scenario.traffic + scenario.quiet;
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .min_message_latency(LINK_MIN)
+        .max_message_latency(LINK_MAX)
+        .simulation_duration(stop_at + Duration::from_secs(30))
+        .build();
+
+    let ctls: Vec<ServerCtl> = (0..scenario.servers)
+        .map(|i| ServerCtl::new(i, &format!("v{}", 1 + i % 2), seed ^ (i as u64 + 1) << 40))
+        .collect();
+    for ctl in &ctls {
+        let (name, ctl, ledger) = (ctl.name.clone(), ctl.clone(), ledger.clone());
+        sim.host(name.as_str(), move || {
+            servers::http_server(ctl.clone(), ledger.clone())
+        });
+    }
+    sim.host("legacy", servers::legacy_server);
+
+    let addrs: Vec<SocketAddr> = ctls
+        .iter()
+        .map(|c| SocketAddr::new(sim.lookup(c.name.as_str()), HTTP_PORT))
+        .collect();
+    let service = addrs[0];
+    let legacy = sim.lookup("legacy");
+    let discovery = StaticDiscovery::new();
+    let publish = |servers: &[usize]| {
+        discovery.set(
+            service,
+            Service::with_endpoints(servers.iter().map(|&i| Endpoint::new(addrs[i]))),
+        );
+    };
+    let initial: Vec<usize> = (0..scenario.discovered).collect();
+    publish(&initial);
+
+    let net = CountingNet::new();
+    let http_config = HttpConfig {
+        rng_seed: seed ^ 0x6e65_6564_6c65,
+        auto_date_header: false,
+        default_timeouts: Timeouts {
+            request: Some(REQUEST_TIMEOUT),
+            per_try: Some(PER_TRY_TIMEOUT),
+        },
+        // turmoil never retransmits: a partition leaves connections
+        // silently dead, which only keepalive finds. Shorter than the
+        // production default (10 s + 20 s) so runs stay short.
+        h2_keepalive_interval: Duration::from_secs(1),
+        h2_keepalive_timeout: Duration::from_secs(2),
+        ..HttpConfig::default()
+    };
+    let mut port_config = PortConfig::default();
+    port_config.detect.detect.timeout = scenario.detect_timeout;
+    {
+        let (net, discovery) = (net.clone(), discovery.clone());
+        sim.host("sidecar", move || {
+            sidecar(
+                net.clone(),
+                discovery.clone(),
+                http_config.clone(),
+                port_config.clone(),
+                [
+                    service,
+                    SocketAddr::new(legacy, ECHO_PORT),
+                    SocketAddr::new(legacy, BANNER_PORT),
+                ],
+            )
+        });
+    }
+
+    let plan = ClientPlan {
+        name: "client0".into(),
+        seed,
+        workload: scenario.workload.clone(),
+        ports: PORTS,
+        stop_at,
+        request_timeout: REQUEST_TIMEOUT,
+        detect_timeout: scenario.detect_timeout,
+        drain: DRAIN,
+    };
+    sim.client("client0", workload::client(plan, ledger.clone()));
+
+    let mut applied = Vec::new();
+    let driven = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut crashed = BTreeSet::new();
+        let mut next = 0;
+        loop {
+            let now = sim.elapsed();
+            while let Some(step) = schedule.get(next).filter(|s| s.at <= now) {
+                ledger
+                    .trace
+                    .record_at(now, "driver", format!("{:?}", step.action));
+                apply(&mut sim, &step.action, &ctls, &mut crashed, &publish);
+                applied.push(Scheduled {
+                    at: now,
+                    action: step.action.clone(),
+                });
+                next += 1;
+            }
+            match sim.step() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }));
+    let error = match driven {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("the driver panicked".to_owned()),
+    };
+    let events = ledger.trace.events();
+    Run {
+        scenario: scenario.name,
+        seed,
+        digest: trace::digest(&events),
+        events,
+        requests: ledger.requests(),
+        arrivals: ledger.arrivals(),
+        sessions: ledger.sessions(),
+        applied,
+        drawn,
+        counts: net.counts(),
+        panics: PANICS.with(|p| p.borrow().clone()),
+        error,
+        quiet_from: scenario.traffic,
+        stop_at,
+        initial,
+        servers: scenario.servers,
+    }
+}
+
+/// The sidecar's software: one HTTP proxy behind three ports.
+async fn sidecar(
+    net: CountingNet,
+    discovery: Arc<StaticDiscovery>,
+    http_config: HttpConfig,
+    port_config: PortConfig,
+    targets: [SocketAddr; 3],
+) -> turmoil::Result {
+    let http = HttpProxy::new(net.clone(), http_config, discovery);
+    let port = |target: SocketAddr| {
+        Port::with_http(
+            net.clone(),
+            PortConfig {
+                target: Some(target),
+                ..port_config.clone()
+            },
+            http.clone(),
+        )
+    };
+    let http_listener = net.bind(any(PORTS.http)).await?;
+    let echo_listener = net.bind(any(PORTS.echo)).await?;
+    let banner_listener = net.bind(any(PORTS.banner)).await?;
+    tokio::join!(
+        port(targets[0]).run(http_listener, std::future::pending()),
+        port(targets[1]).run(echo_listener, std::future::pending()),
+        port(targets[2]).run(banner_listener, std::future::pending()),
+    );
+    Ok(())
+}
+
+/// Applies one action to the world.
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    action: &Action,
+    ctls: &[ServerCtl],
+    crashed: &mut BTreeSet<usize>,
+    publish: &dyn Fn(&[usize]),
+) {
+    let name = |server: usize| ctls[server].name.as_str();
+    match *action {
+        Action::Partition { server } => sim.partition("sidecar", name(server)),
+        Action::Repair { server } => sim.repair("sidecar", name(server)),
+        Action::PartitionOneWay { server, to_server } => {
+            if to_server {
+                sim.partition_oneway("sidecar", name(server));
+            } else {
+                sim.partition_oneway(name(server), "sidecar");
+            }
+        }
+        Action::RepairOneWay { server, to_server } => {
+            if to_server {
+                sim.repair_oneway("sidecar", name(server));
+            } else {
+                sim.repair_oneway(name(server), "sidecar");
+            }
+        }
+        Action::Hold { server } => sim.hold("sidecar", name(server)),
+        Action::Release { server } => sim.release("sidecar", name(server)),
+        Action::Crash { server } => {
+            if crashed.insert(server) {
+                sim.crash(name(server));
+            }
+        }
+        Action::Bounce { server } => {
+            if crashed.remove(&server) {
+                sim.bounce(name(server));
+            }
+        }
+        Action::Latency { server, latency } => {
+            sim.set_link_latency("sidecar", name(server), latency)
+        }
+        Action::RestoreLatency { server } => {
+            sim.set_link_latency("sidecar", name(server), LINK_MIN);
+            sim.set_link_max_message_latency("sidecar", name(server), LINK_MAX);
+        }
+        Action::Loss { server, rate } => sim.set_link_fail_rate("sidecar", name(server), rate),
+        Action::StopLoss { server } => sim.set_link_fail_rate("sidecar", name(server), 0.0),
+        Action::Slow { server, delay } => ctls[server].set_delay(delay),
+        Action::Failing { server, ratio } => ctls[server].set_fail_ratio(ratio),
+        Action::Behave { server } => ctls[server].heal(),
+        Action::Endpoints { ref servers } => publish(servers),
+        Action::HealAll => {
+            for (server, ctl) in ctls.iter().enumerate() {
+                sim.release("sidecar", name(server));
+                sim.repair("sidecar", name(server));
+                sim.set_link_fail_rate("sidecar", name(server), 0.0);
+                sim.set_link_latency("sidecar", name(server), LINK_MIN);
+                sim.set_link_max_message_latency("sidecar", name(server), LINK_MAX);
+                ctl.heal();
+                if crashed.remove(&server) {
+                    sim.bounce(name(server));
+                }
+            }
+        }
+    }
+}
