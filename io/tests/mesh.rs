@@ -362,6 +362,43 @@ async fn h2_and_grpc_trailers_cross_the_mesh() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["caller"], WEB);
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+
+    // The call is counted on both sides, mTLS with both identities and its
+    // gRPC status (recorded when the response stream ends).
+    let server_id = format!("server_id={API}");
+    let client_id = format!("client_id={WEB}");
+    let outbound = [
+        "direction=outbound",
+        "tls=true",
+        "grpc_status=0",
+        server_id.as_str(),
+    ];
+    let inbound = [
+        "direction=inbound",
+        "tls=true",
+        "grpc_status=0",
+        client_id.as_str(),
+    ];
+    for _ in 0..100 {
+        if value(&mesh.inbound_metrics, "response_total", &inbound) == 1.0
+            && value(&mesh.outbound_metrics, "response_total", &outbound) == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        value(&mesh.outbound_metrics, "response_total", &outbound),
+        1.0,
+        "{}",
+        mesh.outbound_metrics.encode()
+    );
+    assert_eq!(
+        value(&mesh.inbound_metrics, "response_total", &inbound),
+        1.0,
+        "{}",
+        mesh.inbound_metrics.encode()
+    );
 }
 
 /// A stream over a vector of frames.
