@@ -6,7 +6,7 @@
 //! - [`TurmoilNet`] (feature `sim`): turmoil's simulated sockets, so the
 //!   very same proxy stack runs inside a deterministic network simulator.
 //!
-//! The seam is deliberately small (bind, accept, connect, peek, addresses,
+//! The seam is deliberately small (bind, accept, connect, addresses,
 //! and the original destination of a redirected connection): everything
 //! above it is generic, and hyper, h2 and rustls already run over any
 //! `AsyncRead + AsyncWrite`. Time is not part of the seam: the io layer uses
@@ -51,9 +51,6 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The local address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
-
-    /// Reads bytes without consuming them.
-    fn peek(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
 
     /// Disables Nagle's algorithm: a proxy forwards what it has at once.
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
@@ -100,10 +97,6 @@ impl Connection for tokio::net::TcpStream {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::TcpStream::local_addr(self)
-    }
-
-    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        tokio::net::TcpStream::peek(self, buf).await
     }
 
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
@@ -159,10 +152,6 @@ impl Connection for turmoil::net::TcpStream {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         turmoil::net::TcpStream::local_addr(self)
-    }
-
-    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        turmoil::net::TcpStream::peek(self, buf).await
     }
 
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {

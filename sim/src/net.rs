@@ -177,10 +177,6 @@ impl Connection for Counted {
         Connection::local_addr(&self.inner)
     }
 
-    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Connection::peek(&mut self.inner, buf).await
-    }
-
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         Connection::set_nodelay(&self.inner, nodelay)
     }
