@@ -56,6 +56,9 @@ const EPOCH_SECS: u64 = 1_767_225_600;
 /// Link latency outside latency faults.
 const LINK_MIN: Duration = Duration::from_millis(1);
 const LINK_MAX: Duration = Duration::from_millis(3);
+/// Simulated time advances by this much per step. Every host is polled once per
+/// tick, so the tick bounds both timing resolution and the cost of a run.
+const TICK: Duration = Duration::from_millis(2);
 
 /// Everything a run produced, for the oracles and the timeline.
 #[derive(Debug, Clone)]
@@ -160,6 +163,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
+        .tick_duration(TICK)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .min_message_latency(LINK_MIN)
         .max_message_latency(LINK_MAX)
