@@ -15,6 +15,8 @@ pub enum Proto {
     H1,
     /// HTTP/2 with prior knowledge, one connection per worker.
     H2,
+    /// gRPC (unary calls) over HTTP/2 with prior knowledge.
+    Grpc,
 }
 
 /// What the client got for a request.
@@ -32,6 +34,9 @@ pub enum Answer {
         echoed: Option<u64>,
         /// Which server answered.
         server: Option<String>,
+        /// The `grpc-status` of a gRPC answer: from the trailers, or from
+        /// the head of a trailers-only answer (how errors come).
+        grpc_status: Option<u32>,
     },
     /// The connection failed before a whole answer arrived.
     Failed {
@@ -56,18 +61,42 @@ pub struct RequestRecord {
     /// Client-side protocol.
     pub proto: Proto,
     /// `GET` (idempotent, retried) or `POST` (never retried once sent).
+    /// gRPC calls are all `POST`s; see [`call`](Self::call).
     pub method: &'static str,
+    /// The gRPC method called (a path such as `/sim.Items/Get`), for gRPC
+    /// requests.
+    pub call: Option<&'static str>,
     /// When it was sent.
     pub sent_at: Duration,
     /// What came back.
     pub answer: Answer,
 }
 
+/// The gRPC method on the route whose retry policy vouches for it
+/// (`RetryPolicy::grpc()`: `UNAVAILABLE` is retried though every call is a
+/// `POST`), in worlds that publish that route.
+pub const GRPC_GET: &str = "/sim.Items/Get";
+/// A gRPC method no route vouches for: the default policy, which never
+/// sends a `POST` again once it may have been processed.
+pub const GRPC_PUT: &str = "/sim.Items/Put";
+
 impl RequestRecord {
-    /// Whether a server answered it with a 2xx.
+    /// Whether a server answered it with a 2xx (and, for a gRPC call,
+    /// `grpc-status` 0).
     pub fn succeeded(&self) -> bool {
-        matches!(self.answer, Answer::Response { status, echoed: Some(e), .. }
-            if (200..300).contains(&status) && e == self.id)
+        let grpc_ok = |g: Option<u32>| self.call.is_none() || g == Some(0);
+        matches!(self.answer, Answer::Response { status, echoed: Some(e), grpc_status, .. }
+            if (200..300).contains(&status) && e == self.id && grpc_ok(grpc_status))
+    }
+
+    /// Whether Needle may send it again after it may have been processed:
+    /// an idempotent method, or a gRPC call on the route that vouches for
+    /// retries ([`GRPC_GET`]).
+    pub fn retry_safe(&self) -> bool {
+        match self.call {
+            Some(call) => call == GRPC_GET,
+            None => self.method != "POST",
+        }
     }
 }
 
@@ -82,6 +111,23 @@ pub struct Arrival {
     pub id: u64,
     /// Its method.
     pub method: String,
+}
+
+/// An attempt leaving a server: answered, or dropped (the sidecar reset
+/// its stream or closed its connection).
+#[derive(Clone, Debug)]
+pub struct Departure {
+    /// When it arrived.
+    pub arrived: Duration,
+    /// When it left; `None` when the host's software was dropped outside a
+    /// simulation step (a crash).
+    pub at: Option<Duration>,
+    /// Which server (index).
+    pub server: usize,
+    /// The request id it carried.
+    pub id: u64,
+    /// Whether the server finished its answer (else it was cancelled).
+    pub answered: bool,
 }
 
 /// Which opaque exchange a session performed.
@@ -117,6 +163,7 @@ pub struct Ledger {
     pub trace: Trace,
     requests: Arc<Mutex<Vec<RequestRecord>>>,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
+    departures: Arc<Mutex<Vec<Departure>>>,
     sessions: Arc<Mutex<Vec<SessionRecord>>>,
 }
 
@@ -135,6 +182,11 @@ impl Ledger {
         lock(&self.arrivals).push(arrival);
     }
 
+    /// Records an attempt leaving a server.
+    pub fn departure(&self, departure: Departure) {
+        lock(&self.departures).push(departure);
+    }
+
     /// Records an opaque session.
     pub fn session(&self, record: SessionRecord) {
         lock(&self.sessions).push(record);
@@ -148,6 +200,11 @@ impl Ledger {
     /// The arrivals so far.
     pub fn arrivals(&self) -> Vec<Arrival> {
         lock(&self.arrivals).clone()
+    }
+
+    /// The departures so far.
+    pub fn departures(&self) -> Vec<Departure> {
+        lock(&self.departures).clone()
     }
 
     /// The sessions so far.

@@ -7,13 +7,15 @@
 //!
 //! - [`scenario`]: scenarios as data, and the catalogue;
 //! - [`faults`]: fault kinds, windows and swarm-drawn schedules;
-//! - [`workload`] and [`servers`]: what clients and servers do;
+//! - [`workload`] and [`servers`]: what clients and servers do, and
+//!   [`grpc`]: the little of gRPC they speak;
 //! - [`world`]: building and driving one run;
 //! - [`oracle`]: the properties each run must have;
 //! - [`trace`]: the event log and its digest;
 //! - [`sweep`]: many seeds in parallel, with coverage counters.
 
 pub mod faults;
+pub mod grpc;
 pub mod ledger;
 pub mod net;
 pub mod oracle;

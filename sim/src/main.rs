@@ -155,7 +155,7 @@ fn run_one(scenario: &Scenario, seed: u64, timeline: bool, twice: bool) -> bool 
             (None, true) => "ok",
             (None, false) => "ok (not exercised)",
         };
-        println!("  {:<26} {state}", f.oracle);
+        println!("  {:<28} {state}", f.oracle);
     }
     let failures = oracle::failures(&run, &findings);
     for failure in &failures {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use needle_core::retry::{BudgetConfig, RetryPolicy};
 
 use crate::faults::Action;
+use crate::grpc;
 use crate::ledger::{Answer, SessionKind};
 use crate::scenario::Check;
 use crate::servers::HTTP_PORT;
 use crate::workload::SLACK;
-use crate::world::{REQUEST_TIMEOUT, Run};
+use crate::world::{PER_TRY_TIMEOUT, REQUEST_TIMEOUT, Run};
 
 /// What an oracle found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +118,12 @@ pub fn check(run: &Run, checks: &[Check]) -> Vec<Finding> {
         let (oracle, verdict) = match check {
             Check::SlowShunned => ("slow-endpoint-shunned", slow_endpoint_shunned(run)),
             Check::RetriesRecover => ("retries-recover-success", retries_recover_success(run)),
+            Check::GrpcRetriesRecover => (
+                "grpc-retries-recover-success",
+                grpc_retries_recover_success(run),
+            ),
+            Check::AttemptsEndInTime => ("attempts-end-in-time", attempts_end_in_time(run)),
+            Check::LatencyRecovers => ("latency-recovers", latency_recovers(run)),
         };
         findings.push(Finding { oracle, verdict });
     }
@@ -143,6 +150,12 @@ pub fn failures(run: &Run, findings: &[Finding]) -> Vec<Failure> {
 /// the request's id, or Needle's own 502/503/504 naming its reason in
 /// `needle-error`. No connection failure, no silence, no other request's
 /// response, and no server saw a request nobody sent.
+///
+/// A gRPC call's answer is gRPC: a server's (HTTP 200, its id, a
+/// `grpc-status`, `OK` or the failing servers' `UNAVAILABLE`), or
+/// Needle's, which for gRPC clients is trailers-only (HTTP 200,
+/// `needle-error`, and `grpc-status` `UNAVAILABLE` or `DEADLINE_EXCEEDED`,
+/// the codes its transient failures map to; `ProxyError::grpc_status`).
 pub fn answered_once_in_time(run: &Run) -> Verdict {
     let mut problems = Vec::new();
     let mut seen = BTreeMap::new();
@@ -154,16 +167,40 @@ pub fn answered_once_in_time(run: &Run) -> Verdict {
                 status,
                 needle_error,
                 echoed,
+                grpc_status,
                 ..
             } => {
-                match (needle_error, echoed) {
-                    (Some(reason), _) if ![502, 503, 504].contains(status) => {
-                        problems.push(format!("#{} got Needle's {status} {reason}", r.id));
+                if r.call.is_some() {
+                    let needles = [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED];
+                    let servers = [grpc::OK, grpc::UNAVAILABLE];
+                    match (needle_error, grpc_status) {
+                        _ if *status != 200 => {
+                            problems.push(format!("gRPC #{} got HTTP {status}", r.id));
+                        }
+                        (Some(reason), g) if !g.is_some_and(|g| needles.contains(&g)) => {
+                            problems.push(format!(
+                                "gRPC #{} got Needle's {reason} with grpc-status {g:?}",
+                                r.id
+                            ));
+                        }
+                        (None, g) if !g.is_some_and(|g| servers.contains(&g)) => {
+                            problems.push(format!("gRPC #{} got grpc-status {g:?}", r.id));
+                        }
+                        (None, _) if *echoed != Some(r.id) => {
+                            problems.push(format!("gRPC #{} got echoing {echoed:?}", r.id));
+                        }
+                        _ => {}
                     }
-                    (None, e) if *e != Some(r.id) => {
-                        problems.push(format!("#{} got {status} echoing {e:?}", r.id));
+                } else {
+                    match (needle_error, echoed) {
+                        (Some(reason), _) if ![502, 503, 504].contains(status) => {
+                            problems.push(format!("#{} got Needle's {status} {reason}", r.id));
+                        }
+                        (None, e) if *e != Some(r.id) => {
+                            problems.push(format!("#{} got {status} echoing {e:?}", r.id));
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
                 if at.saturating_sub(r.sent_at) > REQUEST_TIMEOUT + SLACK {
                     problems.push(format!("#{} answered after {:?}", r.id, *at - r.sent_at));
@@ -225,7 +262,9 @@ pub fn retries_within_budget(run: &Run) -> Verdict {
 }
 
 /// A non-idempotent request (POST) never reaches a server twice: it is
-/// retried only when its connection failed before it left.
+/// retried only when its connection failed before it left. For gRPC
+/// calls (all `POST`s), the same holds of every call but the one the
+/// route vouches for ([`RequestRecord::retry_safe`](crate::ledger::RequestRecord::retry_safe)).
 pub fn post_never_twice(run: &Run) -> Verdict {
     let attempts = attempts(run);
     let mut retried_any = false;
@@ -234,12 +273,13 @@ pub fn post_never_twice(run: &Run) -> Verdict {
         let n = attempts.get(&r.id).copied().unwrap_or(0);
         if n > 1 {
             retried_any = true;
-            if r.method == "POST" {
-                problems.push(format!("POST #{} reached servers {n} times", r.id));
+            if !r.retry_safe() {
+                let what = r.call.unwrap_or(r.method);
+                problems.push(format!("{what} #{} reached servers {n} times", r.id));
             }
         }
     }
-    let posts = run.requests.iter().any(|r| r.method == "POST");
+    let posts = run.requests.iter().any(|r| !r.retry_safe());
     Verdict::new(posts && retried_any, problems)
 }
 
@@ -401,30 +441,144 @@ pub fn slow_endpoint_shunned(run: &Run) -> Verdict {
 /// success: at least 90 % of GETs (retried) succeed during the traffic
 /// phase, better than POSTs (never retried after they left), whose
 /// success shows what a single attempt achieves. The extra load stays
-/// within the budget ([`retries_within_budget`]).
+/// within the budget ([`retries_within_budget`]). Plain HTTP requests
+/// only; gRPC calls have [`grpc_retries_recover_success`].
 pub fn retries_recover_success(run: &Run) -> Verdict {
-    let ratio = |method: &str| {
+    retries_recover(run, false)
+}
+
+/// The same for gRPC calls: at least 90 % of the calls on the route that
+/// retries `UNAVAILABLE` succeed (`grpc-status` 0), more than of the calls
+/// no route retries.
+pub fn grpc_retries_recover_success(run: &Run) -> Verdict {
+    retries_recover(run, true)
+}
+
+fn retries_recover(run: &Run, grpc: bool) -> Verdict {
+    let ratio = |retry_safe: bool| {
         let sent: Vec<_> = run
             .requests
             .iter()
-            .filter(|r| r.method == method && r.sent_at < run.quiet_from)
+            .filter(|r| {
+                r.call.is_some() == grpc
+                    && r.retry_safe() == retry_safe
+                    && r.sent_at < run.quiet_from
+            })
             .collect();
         let ok = sent.iter().filter(|r| r.succeeded()).count();
         (ok as f64 / sent.len().max(1) as f64, sent.len())
     };
-    let (get, gets) = ratio("GET");
-    let (post, posts) = ratio("POST");
+    let (get, gets) = ratio(true);
+    let (post, posts) = ratio(false);
+    let (safe, unsafe_) = if grpc {
+        ("Get", "Put")
+    } else {
+        ("GET", "POST")
+    };
     let mut problems = Vec::new();
     if gets < 100 || posts < 20 {
-        problems.push(format!("too few requests: {gets} GET, {posts} POST"));
+        problems.push(format!(
+            "too few requests: {gets} {safe}, {posts} {unsafe_}"
+        ));
     } else if get < 0.9 || get <= post {
         problems.push(format!(
-            "GET success {:.1} % ({gets}), POST {:.1} % ({posts})",
+            "{safe} success {:.1} % ({gets}), {unsafe_} {:.1} % ({posts})",
             get * 100.0,
             post * 100.0
         ));
     }
     Verdict::new(true, problems)
+}
+
+/// How long past the per-try timeout an attempt may stay at a server: the
+/// cancellation's trip across the link, and a tick or two.
+pub const CANCEL_SLACK: Duration = Duration::from_millis(100);
+
+/// Under overload, nothing queues past Needle's deadlines: every attempt
+/// that reached a server left it, answered or cancelled (Needle resets
+/// the stream of an attempt it gave up on), within the per-try timeout
+/// plus [`CANCEL_SLACK`] of arriving. Work a server holds, queued or
+/// running, is thus bounded by the arrival rate times the per-try
+/// timeout, however long the overload lasts. (For worlds without
+/// partitions or crashes: a cancellation a partition drops never arrives.)
+pub fn attempts_end_in_time(run: &Run) -> Verdict {
+    let limit = PER_TRY_TIMEOUT + CANCEL_SLACK;
+    let mut problems = Vec::new();
+    // Arrivals without a departure, by (server, id, arrival time).
+    let mut open: BTreeMap<(usize, u64, Duration), u32> = BTreeMap::new();
+    for a in &run.arrivals {
+        *open.entry((a.server, a.id, a.at)).or_default() += 1;
+    }
+    let mut longest = Duration::ZERO;
+    for d in &run.departures {
+        if let Some(n) = open.get_mut(&(d.server, d.id, d.arrived)) {
+            *n -= 1;
+        }
+        match d.at {
+            Some(at) => {
+                let stay = at.saturating_sub(d.arrived);
+                longest = longest.max(stay);
+                if stay > limit {
+                    let how = if d.answered { "answered" } else { "cancelled" };
+                    problems.push(format!(
+                        "#{} stayed {stay:?} at server{} ({how})",
+                        d.id, d.server
+                    ));
+                }
+            }
+            None => problems.push(format!(
+                "#{} at server{} dropped by a crash",
+                d.id, d.server
+            )),
+        }
+    }
+    for ((server, id, at), n) in open {
+        if n > 0 {
+            problems.push(format!(
+                "#{id} arrived at server{server} at {at:?} and never left"
+            ));
+        }
+    }
+    let cancelled = run.departures.iter().any(|d| !d.answered);
+    if !problems.is_empty() {
+        problems.push(format!("longest stay {longest:?}, limit {limit:?}"));
+    }
+    Verdict::new(cancelled, problems)
+}
+
+/// How far into the quiet phase [`latency_recovers`] starts judging.
+pub const DRAIN_AFTER_OVERLOAD: Duration = Duration::from_secs(1);
+/// The answer time [`latency_recovers`] allows: a few link trips, far
+/// under what any backlog would add.
+pub const NORMAL_LATENCY: Duration = Duration::from_millis(250);
+
+/// No backlog outlives an overload: from [`DRAIN_AFTER_OVERLOAD`] into the
+/// quiet phase (the servers are fast again), every request is answered
+/// within [`NORMAL_LATENCY`]. A proxy that queued what it could not serve,
+/// rather than failing it by its deadlines, would still be working through
+/// the queue.
+pub fn latency_recovers(run: &Run) -> Verdict {
+    let from = run.quiet_from + DRAIN_AFTER_OVERLOAD;
+    let overloaded = run
+        .applied
+        .iter()
+        .any(|s| matches!(s.action, Action::Slow { .. }));
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for r in run.requests.iter().filter(|r| r.sent_at >= from) {
+        checked += 1;
+        let took = match r.answer {
+            Answer::Response { at, .. } => at.saturating_sub(r.sent_at),
+            _ => Duration::MAX,
+        };
+        if took > NORMAL_LATENCY {
+            problems.push(format!("#{} at {:?}: {:?}", r.id, r.sent_at, r.answer));
+        }
+    }
+    if checked == 0 {
+        problems.push("no request after the overload".into());
+    }
+    Verdict::new(overloaded && checked > 0, problems)
 }
 
 /// The same seed gives the same trace: `a` and `b` are two runs of one
@@ -463,7 +617,7 @@ mod tests {
 
     use super::*;
     use crate::faults::Scheduled;
-    use crate::ledger::{Arrival, Proto, RequestRecord};
+    use crate::ledger::{Arrival, Departure, GRPC_GET, GRPC_PUT, Proto, RequestRecord};
     use crate::net::ConnCounts;
 
     fn ms(n: u64) -> Duration {
@@ -478,6 +632,7 @@ mod tests {
             digest: 0,
             requests,
             arrivals,
+            departures: Vec::new(),
             sessions: Vec::new(),
             applied: Vec::new(),
             drawn: Vec::new(),
@@ -496,6 +651,7 @@ mod tests {
             id,
             proto: Proto::H1,
             method,
+            call: None,
             sent_at: ms(sent),
             answer: Answer::Response {
                 at: ms(sent + 5),
@@ -503,6 +659,7 @@ mod tests {
                 needle_error: None,
                 echoed: Some(echoed),
                 server: Some("server0".into()),
+                grpc_status: None,
             },
         }
     }
@@ -589,5 +746,145 @@ mod tests {
         assert!(slow_endpoint_shunned(&run).violation.is_some());
         run.arrivals.retain(|a| a.server != 1 || a.id < 6);
         assert_eq!(slow_endpoint_shunned(&run).violation, None);
+    }
+
+    fn grpc_call(id: u64, call: &'static str, sent: u64, grpc_status: u32) -> RequestRecord {
+        let mut r = request(id, "POST", sent, id);
+        r.proto = Proto::Grpc;
+        r.call = Some(call);
+        if let Answer::Response { grpc_status: g, .. } = &mut r.answer {
+            *g = Some(grpc_status);
+        }
+        r
+    }
+
+    fn needle_answer(r: &mut RequestRecord, status: u16, grpc_status: Option<u32>) {
+        r.answer = Answer::Response {
+            at: r.sent_at + ms(5),
+            status,
+            needle_error: Some("connect-failed".into()),
+            echoed: None,
+            server: None,
+            grpc_status,
+        };
+    }
+
+    #[test]
+    fn a_grpc_answer_that_is_not_grpc_is_caught() {
+        let ok = grpc_call(1, GRPC_GET, 0, 0);
+        let unavailable = grpc_call(2, GRPC_PUT, 0, 14);
+        let mut needle = grpc_call(3, GRPC_GET, 0, 0);
+        needle_answer(&mut needle, 200, Some(14));
+        let clean = run_with(vec![ok.clone(), unavailable, needle], vec![]);
+        assert_eq!(answered_once_in_time(&clean).violation, None);
+        // Needle's plain-HTTP error to a gRPC client.
+        let mut http_error = grpc_call(4, GRPC_GET, 0, 0);
+        needle_answer(&mut http_error, 502, None);
+        // A server's answer without a status.
+        let mut no_status = grpc_call(5, GRPC_GET, 0, 0);
+        if let Answer::Response { grpc_status, .. } = &mut no_status.answer {
+            *grpc_status = None;
+        }
+        for bad in [http_error, no_status] {
+            let run = run_with(vec![ok.clone(), bad], vec![]);
+            let text = answered_once_in_time(&run).violation.expect("caught");
+            assert!(!text.contains("#1 "), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_call_counts_as_success_only_with_status_ok() {
+        assert!(grpc_call(1, GRPC_GET, 0, 0).succeeded());
+        assert!(!grpc_call(1, GRPC_GET, 0, 14).succeeded());
+    }
+
+    #[test]
+    fn a_grpc_call_no_route_retries_reaching_servers_twice_is_caught() {
+        let requests = vec![grpc_call(1, GRPC_GET, 0, 0), grpc_call(2, GRPC_PUT, 0, 0)];
+        let get_twice = vec![
+            arrival(1, 0, 2, "POST"),
+            arrival(1, 1, 9, "POST"),
+            arrival(2, 0, 2, "POST"),
+        ];
+        assert_eq!(
+            post_never_twice(&run_with(requests.clone(), get_twice)),
+            Verdict::new(true, Vec::new())
+        );
+        let put_twice = vec![arrival(2, 0, 2, "POST"), arrival(2, 1, 9, "POST")];
+        assert!(
+            post_never_twice(&run_with(requests, put_twice))
+                .violation
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn grpc_retries_not_recovering_success_is_caught() {
+        // 100 Gets and 20 Puts, Gets failing as often as Puts.
+        let calls = |get_failures: u64| {
+            let mut calls: Vec<_> = (0..100)
+                .map(|i| grpc_call(i, GRPC_GET, i, if i < get_failures { 14 } else { 0 }))
+                .collect();
+            calls.extend(
+                (100..120).map(|i| grpc_call(i, GRPC_PUT, i, if i < 105 { 14 } else { 0 })),
+            );
+            run_with(calls, vec![])
+        };
+        assert_eq!(grpc_retries_recover_success(&calls(2)).violation, None);
+        assert!(grpc_retries_recover_success(&calls(25)).violation.is_some());
+        // Plain HTTP requests are another oracle's.
+        assert!(retries_recover_success(&calls(2)).violation.is_some());
+    }
+
+    fn departure(id: u64, server: usize, arrived: u64, left: u64, answered: bool) -> Departure {
+        Departure {
+            arrived: ms(arrived),
+            at: Some(ms(left)),
+            server,
+            id,
+            answered,
+        }
+    }
+
+    #[test]
+    fn an_attempt_queued_past_its_deadline_is_caught() {
+        let arrivals = vec![arrival(1, 0, 100, "GET"), arrival(2, 1, 100, "GET")];
+        let mut run = run_with(Vec::new(), arrivals);
+        run.departures = vec![
+            departure(1, 0, 100, 350, true),
+            departure(2, 1, 100, 603, false),
+        ];
+        assert_eq!(attempts_end_in_time(&run), Verdict::new(true, Vec::new()));
+        // Still at the server 800 ms after arriving: nobody cancelled it.
+        run.departures[1] = departure(2, 1, 100, 900, false);
+        let text = attempts_end_in_time(&run).violation.expect("caught");
+        assert!(text.contains("#2 stayed 800ms"), "{text}");
+        // Never left at all.
+        run.departures.pop();
+        let text = attempts_end_in_time(&run).violation.expect("caught");
+        assert!(
+            text.contains("#2 arrived at server1") && text.contains("never left"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_backlog_after_the_overload_is_caught() {
+        let mut slow = request(2, "GET", 7_500, 2);
+        if let Answer::Response { at, .. } = &mut slow.answer {
+            *at = ms(8_100);
+        }
+        let mut run = run_with(vec![request(1, "GET", 7_000, 1), slow], Vec::new());
+        run.applied.push(Scheduled {
+            at: ms(1_000),
+            action: Action::Slow {
+                server: 0,
+                delay: ms(200),
+            },
+        });
+        let text = latency_recovers(&run).violation.expect("caught");
+        assert!(text.contains("#2 ") && !text.contains("#1 "), "{text}");
+        run.requests.pop();
+        assert_eq!(latency_recovers(&run), Verdict::new(true, Vec::new()));
     }
 }

@@ -8,7 +8,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::faults::{Action, FaultKind, Scheduled, window};
-use crate::workload::Workload;
+use crate::workload::{OpenLoop, Workload};
 
 /// Oracles that only make sense for some scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,15 @@ pub enum Check {
     /// Retries turn a failing minority of answers into successes, within
     /// the budget.
     RetriesRecover,
+    /// The same for gRPC calls: `UNAVAILABLE` retried on the route that
+    /// vouches for it.
+    GrpcRetriesRecover,
+    /// Every attempt leaves its server (answered, or cancelled by Needle)
+    /// within the per-try timeout: nothing queues past Needle's deadlines.
+    AttemptsEndInTime,
+    /// Once an overload ends, answers are fast again: no backlog outlives
+    /// it.
+    LatencyRecovers,
 }
 
 /// A scenario.
@@ -46,6 +55,12 @@ pub struct Scenario {
     pub plan: fn(&mut StdRng, &Scenario) -> Vec<Scheduled>,
     /// Scenario-specific oracles.
     pub checks: &'static [Check],
+    /// Publish the gRPC route (`world::grpc_routes`): gRPC `Get` calls
+    /// retried on `UNAVAILABLE`. Off: one default route.
+    pub grpc_route: bool,
+    /// How many requests each server works on at once (the rest queue);
+    /// `None`: unlimited.
+    pub capacity: Option<usize>,
 }
 
 fn base(name: &'static str, about: &'static str) -> Scenario {
@@ -61,11 +76,32 @@ fn base(name: &'static str, about: &'static str) -> Scenario {
         swarm: &[],
         plan: |_, _| Vec::new(),
         checks: &[],
+        grpc_route: false,
+        capacity: None,
     }
 }
 
 fn secs(rng: &mut StdRng, from: f64, to: f64) -> Duration {
     Duration::from_secs_f64(rng.random_range(from..=to))
+}
+
+/// Requests each server of `overload` works on at once: 3 servers × 4
+/// slots at 150–250 ms a request serve 48–80 a second, under the 100 a
+/// second that arrive.
+pub const OVERLOAD_CAPACITY: usize = 4;
+
+/// Two servers of `s` answer half their requests with a failure from
+/// 500 ms on (the `half-fail` plan).
+fn half_failing(rng: &mut StdRng, s: &Scenario) -> Vec<Scheduled> {
+    let first = rng.random_range(0..s.servers);
+    let second = (first + rng.random_range(1..s.servers)) % s.servers;
+    [first, second]
+        .into_iter()
+        .map(|server| Scheduled {
+            at: Duration::from_millis(500),
+            action: Action::Failing { server, ratio: 0.5 },
+        })
+        .collect()
 }
 
 /// Every scenario.
@@ -111,17 +147,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             servers: 4,
             discovered: 4,
-            plan: |rng, s| {
-                let first = rng.random_range(0..s.servers);
-                let second = (first + rng.random_range(1..s.servers)) % s.servers;
-                [first, second]
-                    .into_iter()
-                    .map(|server| Scheduled {
-                        at: Duration::from_millis(500),
-                        action: Action::Failing { server, ratio: 0.5 },
-                    })
-                    .collect()
-            },
+            plan: half_failing,
             checks: &[Check::RetriesRecover],
             ..base(
                 "half-fail",
@@ -221,6 +247,51 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             swarm: &FaultKind::ALL,
             ..base("chaos", "swarm of every fault kind, drawn from the seed")
+        },
+        Scenario {
+            servers: 4,
+            discovered: 4,
+            workload: Workload {
+                h1_workers: 1,
+                h2_workers: 1,
+                grpc_workers: 4,
+                ..Workload::default()
+            },
+            grpc_route: true,
+            swarm: &[FaultKind::Crash, FaultKind::Latency],
+            plan: half_failing,
+            checks: &[Check::RetriesRecover, Check::GrpcRetriesRecover],
+            ..base(
+                "grpc",
+                "gRPC unary calls, half the endpoints half UNAVAILABLE, crashes: the retrying route recovers them",
+            )
+        },
+        Scenario {
+            capacity: Some(OVERLOAD_CAPACITY),
+            workload: Workload {
+                h1_workers: 0,
+                h2_workers: 0,
+                open_loop: Some(OpenLoop {
+                    rate: 100.0,
+                    connections: 2,
+                }),
+                ..Workload::default()
+            },
+            plan: |rng, s| {
+                let at = secs(rng, 1.0, 2.0);
+                let delay = Duration::from_millis(rng.random_range(150..=250));
+                (0..s.servers)
+                    .map(|server| Scheduled {
+                        at,
+                        action: Action::Slow { server, delay },
+                    })
+                    .collect()
+            },
+            checks: &[Check::AttemptsEndInTime, Check::LatencyRecovers],
+            ..base(
+                "overload",
+                "open-loop arrivals above what slowed servers serve until the quiet phase: deadlines bound the queues",
+            )
         },
     ]
 }

@@ -4,9 +4,15 @@
 //!   HTTP/2 on the same port (the sidecar speaks to an endpoint in the
 //!   protocol the request arrived in). Each answers with the request's
 //!   `x-sim-id` echoed, its name and version, and records every attempt
-//!   that reaches it. How it behaves (extra delay, share of 503s) is a
-//!   [`ServerCtl`] the fault schedule changes during the run; it survives a
-//!   crash and restart, as a deployment's configuration would.
+//!   that reaches it, and when each attempt leaves (answered, or cancelled
+//!   by the sidecar). A gRPC request (`content-type: application/grpc`)
+//!   gets a gRPC answer: one length-prefixed message and `grpc-status: 0`
+//!   in the trailers, or, when failing, a trailers-only `UNAVAILABLE`. How
+//!   it behaves (extra delay, share of failures) is a [`ServerCtl`] the
+//!   fault schedule changes during the run; it survives a crash and
+//!   restart, as a deployment's configuration would, and so does its
+//!   capacity (how many requests it works on at once; the others queue),
+//!   unlimited unless a scenario sets one.
 //! - **The legacy host** (`legacy`): an opaque echo on port 7 and an
 //!   SMTP-like banner service on port 25 that greets first. Faults never
 //!   target it: an opaque connection has no request-level answer the
@@ -20,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,7 +34,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::ledger::{Arrival, Ledger};
+use crate::grpc;
+use crate::ledger::{Arrival, Departure, Ledger};
 
 /// The HTTP servers' port.
 pub const HTTP_PORT: u16 = 80;
@@ -46,9 +53,12 @@ pub const SERVER_HEADER: &str = "x-sim-server";
 pub struct Behaviour {
     /// Added before every answer.
     pub delay: Duration,
-    /// Share of requests answered 503.
+    /// Share of requests answered 503 (gRPC: `UNAVAILABLE`).
     pub fail_ratio: f64,
     rng: StdRng,
+    /// Requests worked on at once, when limited; the others wait, first
+    /// come first served. Not a fault: healing leaves it.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// One HTTP server's identity and behaviour, shared with the driver.
@@ -74,6 +84,7 @@ impl ServerCtl {
                 delay: Duration::ZERO,
                 fail_ratio: 0.0,
                 rng: StdRng::seed_from_u64(seed),
+                slots: None,
             })),
         }
     }
@@ -94,6 +105,11 @@ impl ServerCtl {
         self.lock().fail_ratio = ratio;
     }
 
+    /// Works on at most `n` requests at once; the others queue.
+    pub fn set_capacity(&self, n: usize) {
+        self.lock().slots = Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
     /// Back to healthy.
     pub fn heal(&self) {
         let mut b = self.lock();
@@ -101,12 +117,13 @@ impl ServerCtl {
         b.fail_ratio = 0.0;
     }
 
-    /// This request's delay and whether it fails.
-    fn draw(&self) -> (Duration, bool) {
+    /// This request's delay, whether it fails, and the slots it must
+    /// queue for.
+    fn draw(&self) -> (Duration, bool, Option<Arc<tokio::sync::Semaphore>>) {
         let mut b = self.lock();
         let ratio = b.fail_ratio;
         let fail = ratio > 0.0 && b.rng.random_bool(ratio.min(1.0));
-        (b.delay, fail)
+        (b.delay, fail, b.slots.clone())
     }
 }
 
@@ -167,7 +184,31 @@ pub async fn http_server(ctl: ServerCtl, ledger: Ledger) -> turmoil::Result {
     }
 }
 
-async fn answer(ctl: &ServerCtl, ledger: &Ledger, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A server's answers: whole bodies, or a gRPC message then trailers.
+type Reply = Either<Full<Bytes>, grpc::WithTrailers>;
+
+/// Records an attempt's departure when its answer is done or dropped.
+struct Leaving<'a> {
+    ledger: &'a Ledger,
+    arrived: Duration,
+    server: usize,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.ledger.departure(Departure {
+            arrived: self.arrived,
+            at: turmoil::sim_elapsed(),
+            server: self.server,
+            id: self.id,
+            answered: self.answered,
+        });
+    }
+}
+
+async fn answer(ctl: &ServerCtl, ledger: &Ledger, req: Request<Incoming>) -> Response<Reply> {
     let id = req
         .headers()
         .get(ID_HEADER)
@@ -175,33 +216,88 @@ async fn answer(ctl: &ServerCtl, ledger: &Ledger, req: Request<Incoming>) -> Res
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let method = req.method().as_str().to_owned();
+    let arrived = crate::trace::now();
     ledger.arrival(Arrival {
-        at: crate::trace::now(),
+        at: arrived,
         server: ctl.index,
         id,
         method: method.clone(),
     });
+    let mut leaving = Leaving {
+        ledger,
+        arrived,
+        server: ctl.index,
+        id,
+        answered: false,
+    };
+    let is_grpc = grpc::is_grpc(req.headers());
     ledger
         .trace
         .record(&ctl.name, format!("arrival {method} #{id}"));
-    let (delay, fail) = ctl.draw();
+    let (delay, fail, slots) = ctl.draw();
     // The body is read whole: a POST's body must have arrived to count.
-    let _ = req.into_body().collect().await;
+    let body = req.into_body().collect().await;
+    let _slot = match &slots {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = if fail {
-        StatusCode::SERVICE_UNAVAILABLE
+    let text = format!("{} {} #{id}", ctl.name, ctl.version);
+    let mut res = if is_grpc {
+        let message = body
+            .map_err(|e| e.to_string())
+            .and_then(|b| grpc::unframe(&b.to_bytes()).map(<[u8]>::to_vec));
+        grpc_answer(fail, message, text)
     } else {
-        StatusCode::OK
+        let mut res = Response::new(Either::Left(Full::new(Bytes::from(text))));
+        if fail {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res
     };
-    let body = format!("{} {} #{id}", ctl.name, ctl.version);
-    let mut res = Response::new(Full::new(Bytes::from(body)));
-    *res.status_mut() = status;
     res.headers_mut().insert(ID_HEADER, id.into());
     if let Ok(name) = http::HeaderValue::from_str(&ctl.name) {
         res.headers_mut().insert(SERVER_HEADER, name);
     }
+    leaving.answered = true;
+    res
+}
+
+/// A unary gRPC answer: the message and `OK` in the trailers;
+/// trailers-only `UNAVAILABLE` when failing; `INVALID_ARGUMENT` for a
+/// request that is not one framed message.
+fn grpc_answer(fail: bool, message: Result<Vec<u8>, String>, text: String) -> Response<Reply> {
+    let trailers_only = |code: u32, why: &str| {
+        let mut res = Response::new(Either::Left(Full::new(Bytes::new())));
+        let h = res.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(grpc::CONTENT_TYPE),
+        );
+        h.insert("grpc-status", code.into());
+        if let Ok(why) = http::HeaderValue::from_str(why) {
+            h.insert("grpc-message", why);
+        }
+        res
+    };
+    if fail {
+        return trailers_only(grpc::UNAVAILABLE, "failing");
+    }
+    if let Err(e) = message {
+        return trailers_only(3, &e);
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", grpc::OK.into());
+    let mut res = Response::new(Either::Right(grpc::WithTrailers::new(
+        grpc::frame(text.as_bytes()),
+        trailers,
+    )));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(grpc::CONTENT_TYPE),
+    );
     res
 }
 

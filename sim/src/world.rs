@@ -22,7 +22,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::{Duration, UNIX_EPOCH};
 
-use needle_core::retry::Timeouts;
+use needle_core::retry::{RetryPolicy, Timeouts};
+use needle_core::route::{HttpMatch, PathMatch, Route, Rule, Split};
 use needle_io::discovery::{Endpoint, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy};
 use needle_io::net::Network;
@@ -31,7 +32,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::faults::{self, Action, FaultKind, Scheduled};
-use crate::ledger::{Arrival, Ledger, RequestRecord, SessionRecord};
+use crate::ledger::{Arrival, Departure, GRPC_GET, Ledger, RequestRecord, SessionRecord};
 use crate::net::{ConnCounts, CountingNet};
 use crate::scenario::Scenario;
 use crate::servers::{self, BANNER_PORT, ECHO_PORT, HTTP_PORT, ServerCtl};
@@ -75,6 +76,8 @@ pub struct Run {
     pub requests: Vec<RequestRecord>,
     /// Every attempt that reached a server.
     pub arrivals: Vec<Arrival>,
+    /// Every attempt that left a server, answered or cancelled.
+    pub departures: Vec<Departure>,
     /// Every opaque session.
     pub sessions: Vec<SessionRecord>,
     /// The actions applied, at the times they were applied.
@@ -173,6 +176,11 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let ctls: Vec<ServerCtl> = (0..scenario.servers)
         .map(|i| ServerCtl::new(i, &format!("v{}", 1 + i % 2), seed ^ (i as u64 + 1) << 40))
         .collect();
+    if let Some(n) = scenario.capacity {
+        for ctl in &ctls {
+            ctl.set_capacity(n);
+        }
+    }
     for ctl in &ctls {
         let (name, ctl, ledger) = (ctl.name.clone(), ctl.clone(), ledger.clone());
         sim.host(name.as_str(), move || {
@@ -188,11 +196,16 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let service = addrs[0];
     let legacy = sim.lookup("legacy");
     let discovery = StaticDiscovery::new();
+    let timeouts = Timeouts {
+        request: Some(REQUEST_TIMEOUT),
+        per_try: Some(PER_TRY_TIMEOUT),
+    };
     let publish = |servers: &[usize]| {
-        discovery.set(
-            service,
-            Service::with_endpoints(servers.iter().map(|&i| Endpoint::new(addrs[i]))),
-        );
+        let mut svc = Service::with_endpoints(servers.iter().map(|&i| Endpoint::new(addrs[i])));
+        if scenario.grpc_route {
+            svc.routes = grpc_routes(timeouts);
+        }
+        discovery.set(service, svc);
     };
     let initial: Vec<usize> = (0..scenario.discovered).collect();
     publish(&initial);
@@ -201,10 +214,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let http_config = HttpConfig {
         rng_seed: seed ^ 0x6e65_6564_6c65,
         auto_date_header: false,
-        default_timeouts: Timeouts {
-            request: Some(REQUEST_TIMEOUT),
-            per_try: Some(PER_TRY_TIMEOUT),
-        },
+        default_timeouts: timeouts,
         // turmoil never retransmits: a partition leaves connections
         // silently dead, which only keepalive finds. Shorter than the
         // production default (10 s + 20 s) so runs stay short.
@@ -280,6 +290,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         events,
         requests: ledger.requests(),
         arrivals: ledger.arrivals(),
+        departures: ledger.departures(),
         sessions: ledger.sessions(),
         applied,
         drawn,
@@ -291,6 +302,32 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         initial,
         servers: scenario.servers,
     }
+}
+
+/// The routes of a world with gRPC calls: [`GRPC_GET`] on a route whose
+/// policy vouches for retrying it (`RetryPolicy::grpc()`: `UNAVAILABLE`,
+/// connection failures and refused streams, for any method), everything
+/// else on the default policy (idempotent methods only, so a gRPC call,
+/// a `POST`, is sent again only if it provably never left).
+fn grpc_routes(timeouts: Timeouts) -> Vec<Route<HttpMatch, String>> {
+    let rule = |matches: Vec<HttpMatch>, retry: RetryPolicy| Rule {
+        matches,
+        timeouts,
+        retry,
+        backends: Split::single("default".to_owned()),
+    };
+    vec![Route {
+        namespace: "sim".to_owned(),
+        name: "items".to_owned(),
+        created: 0,
+        rules: vec![
+            rule(
+                vec![HttpMatch::path(PathMatch::exact(GRPC_GET))],
+                RetryPolicy::grpc(),
+            ),
+            rule(Vec::new(), RetryPolicy::default()),
+        ],
+    }]
 }
 
 /// The sidecar's software: one HTTP proxy behind three ports.

@@ -106,6 +106,16 @@ fn chaos() {
 }
 
 #[test]
+fn grpc() {
+    check("grpc", &SEEDS);
+}
+
+#[test]
+fn overload() {
+    check("overload", &SEEDS);
+}
+
+#[test]
 fn regressions() {
     for &(name, seed) in REGRESSIONS {
         check(name, &[seed]);
@@ -126,6 +136,8 @@ fn every_scenario_is_tested() {
         "one-way-partition",
         "lossy-links",
         "chaos",
+        "grpc",
+        "overload",
     ];
     let all: Vec<_> = scenario::all().iter().map(|s| s.name).collect();
     assert_eq!(all, tested);
