@@ -48,6 +48,9 @@ MESH_IN = 18200  # the server-side proxy of the mesh pair
 PROXY_CPU = "1"
 LOAD_CPU = "0"
 CONFIGS = ["direct", "needle", "nginx", "haproxy"]
+# Not run by default: Needle on tokio's multi-thread runtime (2 workers), for
+# the runtime comparison in docs/benchmarks.md (`--configs direct,needle,needle-mt`).
+EXTRA_CONFIGS = ["needle-mt"]
 TESTS = ["http1", "h2", "opaque", "mesh"]
 TRUST_DOMAIN = "bench.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/client"
@@ -188,18 +191,18 @@ def make_certs(d):
 # --- the proxies ------------------------------------------------------------
 
 
-def needle(procs, d, name, settings):
+def needle(procs, d, name, settings, extra=()):
     args = [os.path.join(RELEASE, "needle"), "run", "--set", "log.filter=warn"]
-    for s in settings:
+    for s in list(settings) + list(extra):
         args += ["--set", s]
     return procs.start(args, PROXY_CPU, stderr=open(os.path.join(d, f"{name}.log"), "w"))
 
 
-def start_needle(procs, d, test):
+def start_needle(procs, d, test, extra=()):
     ports = lambda n: [f"inbound.listen=127.0.0.1:{18190 + n}", f"admin.listen=127.0.0.1:{18290 + n}"]
     if test in ("http1", "h2"):
         needle(procs, d, "needle", [f"outbound.listen=127.0.0.1:{FRONT}",
-                                    f"outbound.target=127.0.0.1:{BACKEND}"] + ports(0))
+                                    f"outbound.target=127.0.0.1:{BACKEND}"] + ports(0), extra)
     elif test == "opaque":
         path = os.path.join(d, "opaque.toml")
         with open(path, "w") as f:
@@ -208,14 +211,14 @@ def start_needle(procs, d, test):
                     f'endpoint = [{{ addr = "127.0.0.1:{BACKEND}" }}]\n')
         needle(procs, d, "needle", [f"outbound.listen=127.0.0.1:{FRONT}",
                                     f"outbound.target=127.0.0.1:{BACKEND}",
-                                    f"discovery.file={path}"] + ports(0))
+                                    f"discovery.file={path}"] + ports(0), extra)
     else:  # mesh
         ident = lambda who: [f"identity.cert={d}/{who}.pem", f"identity.key={d}/{who}.key",
                              f"identity.trust_bundle={d}/ca.pem"]
         needle(procs, d, "needle-server",
                [f"inbound.listen=127.0.0.1:{MESH_IN}", "inbound.app_ip=127.0.0.1",
                 "outbound.listen=127.0.0.1:18201", f"admin.listen=127.0.0.1:{18291}"]
-               + ident("server"))
+               + ident("server"), extra)
         path = os.path.join(d, "mesh.toml")
         with open(path, "w") as f:
             f.write(f'[[service]]\ndst = "127.0.0.1:{BACKEND}"\n'
@@ -225,7 +228,7 @@ def start_needle(procs, d, test):
         needle(procs, d, "needle-client",
                [f"outbound.listen=127.0.0.1:{FRONT}", f"outbound.target=127.0.0.1:{BACKEND}",
                 f"discovery.file={path}", "inbound.listen=127.0.0.1:18190",
-                "admin.listen=127.0.0.1:18290"] + ident("client"))
+                "admin.listen=127.0.0.1:18290"] + ident("client"), extra)
         wait_port(MESH_IN)
 
 
@@ -330,7 +333,12 @@ def start_haproxy(procs, d, test):
         wait_port(MESH_IN)
 
 
-STARTERS = {"needle": start_needle, "nginx": start_nginx, "haproxy": start_haproxy}
+STARTERS = {
+    "needle": start_needle,
+    "needle-mt": lambda procs, d, test: start_needle(procs, d, test, ["runtime.threads=2"]),
+    "nginx": start_nginx,
+    "haproxy": start_haproxy,
+}
 
 
 # --- the load ---------------------------------------------------------------
@@ -448,7 +456,7 @@ def summarize(rounds):
     """Medians over rounds, per test, config and load kind."""
     out = {}
     for test in TESTS:
-        for config in CONFIGS:
+        for config in CONFIGS + EXTRA_CONFIGS:
             runs = [r[test][config] for r in rounds if test in r and config in r[test]]
             if not runs:
                 continue
@@ -486,7 +494,7 @@ def markdown(summary, meta, opts):
                   "| throughput (ratio of direct) | CPU s / 10k req | idle RSS MiB | peak RSS MiB | other CPU % |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         direct = summary[test].get("direct", {})
-        for config in CONFIGS:
+        for config in CONFIGS + EXTRA_CONFIGS:
             s = summary[test].get(config)
             if s is None:
                 continue
@@ -498,7 +506,7 @@ def markdown(summary, meta, opts):
                 return f"+{a - b:.0f} µs (×{a / b:.2f})" if b else f"+{a - b:.0f} µs"
 
             rps, drps = s.get(f"{conc_kind}.rps", 0), direct.get(f"{conc_kind}.rps", 0)
-            name = {"needle": "Needle", "nginx": "nginx", "haproxy": "haproxy"}.get(config, config)
+            name = {"needle": "Needle", "needle-mt": "Needle (multi-thread)"}.get(config, config)
             if test == "mesh" and config != "direct":
                 name += " pair"
             lines.append(
@@ -514,7 +522,8 @@ def markdown(summary, meta, opts):
     return "\n".join(lines)
 
 
-COLORS = {"direct": "#555555", "needle": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+COLORS = {"direct": "#555555", "needle": "#d62728", "needle-mt": "#ff7f0e", "nginx": "#2ca02c",
+          "haproxy": "#1f77b4"}
 
 
 def svg_latency(test, summary, kind):
@@ -554,7 +563,7 @@ def svg_latency(test, summary, kind):
 def svg_cpu(summary):
     w, h, left, bottom, top = 640, 360, 70, 50, 40
     groups = [(t, LOADS[t][1]) for t in TESTS if t in summary]
-    configs = [c for c in CONFIGS if c != "direct"]
+    configs = [c for c in CONFIGS + EXTRA_CONFIGS if c != "direct" and any(c in summary[t] for t, _ in groups)]
     vmax = max([summary[t].get(c, {}).get(f"{k}.cpu_s_per_10k", 0) for t, k in groups for c in configs] + [1e-9]) * 1.15
     gw = (w - left - 20) / max(len(groups), 1)
     bw = gw / (len(configs) + 1)

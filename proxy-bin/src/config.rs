@@ -125,6 +125,10 @@ pub(crate) const SETTINGS: &[Setting] = &[
         doc: "After SIGTERM/SIGINT, how long in-flight requests and connections may take to finish.",
     },
     Setting {
+        name: "runtime.threads",
+        doc: "Threads that run the proxy: 1 is a single-threaded runtime (the measured default, docs/benchmarks.md); more is tokio's work-stealing runtime with that many workers.",
+    },
+    Setting {
         name: "log.filter",
         doc: "Log filter in RUST_LOG syntax (e.g. `info`, `needle_io=debug`); changeable at run time with PUT /log-level.",
     },
@@ -327,6 +331,7 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) grace_period: Duration,
+    pub(crate) runtime_threads: usize,
     pub(crate) log_filter: String,
     pub(crate) log_format: LogFormat,
 }
@@ -406,6 +411,10 @@ impl Config {
             request_timeout: l.parse("proxy.request_timeout", positive_duration)?,
             handshake_timeout: l.parse("proxy.handshake_timeout", positive_duration)?,
             grace_period: l.parse("shutdown.grace_period", duration)?,
+            runtime_threads: l.parse("runtime.threads", |v| match v.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => Ok(n),
+                _ => Err("a number of threads from 1 to 256".into()),
+            })?,
             log_filter: l.parse("log.filter", |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
                     .map(|_| v.to_owned())

@@ -194,10 +194,18 @@ fn main() -> ExitCode {
                 }
             };
             let log = logging::init(&config.log_filter, config.log_format);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            // One thread by default: a sidecar shares its pod's CPU with the
+            // application, and one thread measured cheaper per request
+            // (docs/benchmarks.md, "Runtime").
+            let mut builder = match config.runtime_threads {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                n => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("needle: starting the runtime: {e}");

@@ -412,7 +412,7 @@ fn settings_lists_every_setting_with_its_variable_and_default() {
         text.contains("proxy.idle_timeout (NEEDLE_PROXY_IDLE_TIMEOUT, default \"1h\")"),
         "{text}"
     );
-    assert_eq!(text.matches("NEEDLE_").count(), 24, "{text}");
+    assert_eq!(text.matches("NEEDLE_").count(), 25, "{text}");
 }
 
 #[test]
