@@ -9,12 +9,15 @@
 //! - [`faults`]: fault kinds, windows and swarm-drawn schedules;
 //! - [`workload`] and [`servers`]: what clients and servers do;
 //! - [`world`]: building and driving one run;
+//! - [`mesh`]: mTLS worlds: a seeded PKI, credential files and rotation,
+//!   inbound sidecars, the imposter;
 //! - [`oracle`]: the properties each run must have;
 //! - [`trace`]: the event log and its digest;
 //! - [`sweep`]: many seeds in parallel, with coverage counters.
 
 pub mod faults;
 pub mod ledger;
+pub mod mesh;
 pub mod net;
 pub mod oracle;
 pub mod scenario;
