@@ -18,6 +18,8 @@ use std::time::Duration;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use crate::mesh::Sidecar;
+
 /// The kinds of fault a schedule can contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
@@ -106,6 +108,12 @@ pub enum Action {
     /// Start of the quiet phase: every fault healed, every server up and
     /// behaving.
     HealAll,
+    /// A meshed sidecar's credentials are rotated: a new leaf certificate
+    /// written to its files (from the CA issuing at that moment).
+    Rotate { sidecar: Sidecar },
+    /// CA rollover: a new CA joins every trust bundle and issues every
+    /// leaf from then on.
+    AddCa,
 }
 
 impl Action {

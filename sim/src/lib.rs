@@ -10,6 +10,8 @@
 //! - [`workload`] and [`servers`]: what clients and servers do, and
 //!   [`grpc`]: the little of gRPC they speak;
 //! - [`world`]: building and driving one run;
+//! - [`mesh`]: mTLS worlds: a seeded PKI, credential files and rotation,
+//!   inbound sidecars, the imposter;
 //! - [`oracle`]: the properties each run must have;
 //! - [`trace`]: the event log and its digest;
 //! - [`sweep`]: many seeds in parallel, with coverage counters.
@@ -17,6 +19,7 @@
 pub mod faults;
 pub mod grpc;
 pub mod ledger;
+pub mod mesh;
 pub mod net;
 pub mod oracle;
 pub mod scenario;

@@ -12,6 +12,7 @@ use needle_core::retry::{BudgetConfig, RetryPolicy};
 use crate::faults::Action;
 use crate::grpc;
 use crate::ledger::{Answer, SessionKind};
+use crate::mesh::{PICKUP, SERVER_MESH_PORT, Sidecar};
 use crate::scenario::Check;
 use crate::servers::HTTP_PORT;
 use crate::workload::SLACK;
@@ -124,6 +125,9 @@ pub fn check(run: &Run, checks: &[Check]) -> Vec<Finding> {
             ),
             Check::AttemptsEndInTime => ("attempts-end-in-time", attempts_end_in_time(run)),
             Check::LatencyRecovers => ("latency-recovers", latency_recovers(run)),
+            Check::CertificatesFresh => ("certificates-fresh", certificates_fresh(run)),
+            Check::RotationLosesNothing => ("rotation-loses-nothing", rotation_loses_nothing(run)),
+            Check::NoWrongIdentity => ("no-wrong-identity", no_wrong_identity(run)),
         };
         findings.push(Finding { oracle, verdict });
     }
@@ -287,7 +291,9 @@ pub fn post_never_twice(run: &Run) -> Verdict {
 /// session started, from [`SETTLE`] into the quiet phase on succeeded.
 pub fn recovers_when_quiet(run: &Run) -> Verdict {
     let from = run.quiet_from + SETTLE;
-    let faulted = run.applied.iter().any(|s| s.action.starts().is_some());
+    let faulted = run.applied.iter().any(|s| {
+        s.action.starts().is_some() || matches!(s.action, Action::Rotate { .. } | Action::AddCa)
+    });
     let mut problems = Vec::new();
     let mut checked = 0;
     for r in run.requests.iter().filter(|r| r.sent_at >= from) {
@@ -319,7 +325,8 @@ pub fn no_panics(run: &Run) -> Verdict {
 
 /// Every connection a client opened is closed at the end, on the sidecar
 /// too, and so is every opaque connection the sidecar dialled for it.
-/// (Pooled HTTP connections to servers may stay: they are the pool.)
+/// (Pooled HTTP connections to servers, or to their inbound sidecars in
+/// a meshed world, may stay: they are the pool.)
 pub fn connections_closed(run: &Run) -> Verdict {
     let mut problems = Vec::new();
     if run.counts.accepted_open > 0 {
@@ -329,7 +336,8 @@ pub fn connections_closed(run: &Run) -> Verdict {
         ));
     }
     for (addr, open) in &run.counts.dialled_open {
-        if addr.port() != HTTP_PORT && *open > 0 {
+        let pooled = addr.port() == HTTP_PORT || addr.port() == SERVER_MESH_PORT;
+        if !pooled && *open > 0 {
             problems.push(format!("{open} opaque connections to {addr} still open"));
         }
     }
@@ -581,6 +589,116 @@ pub fn latency_recovers(run: &Run) -> Verdict {
     Verdict::new(overloaded && checked > 0, problems)
 }
 
+/// Rotated credentials are used: every handshake whose certificate was
+/// verified shows its owner's newest leaf written [`PICKUP`] (a poll of
+/// the files plus a handshake under way) before the verification, or a
+/// newer one; never a leaf not yet written, never a key the run did not
+/// issue. And each sidecar's identity installed every rewrite of its
+/// files (its generation). Exercised when a rotated leaf was seen.
+pub fn certificates_fresh(run: &Run) -> Verdict {
+    let Some(mesh) = &run.mesh else {
+        return Verdict::new(false, Vec::new());
+    };
+    let newest = |owner: Sidecar, by: Duration| {
+        mesh.issued
+            .iter()
+            .filter(|(at, s, _)| *s == owner && *at <= by)
+            .map(|&(_, _, n)| n)
+            .max()
+    };
+    let mut problems = Vec::new();
+    let mut rotated_seen = false;
+    for h in &mesh.handshakes {
+        let Some((owner, n)) = h.cert else {
+            problems.push(format!(
+                "{} certificate at {:?}: a key never issued",
+                h.side, h.at
+            ));
+            continue;
+        };
+        rotated_seen |= n > 0;
+        let due = newest(owner, h.at.saturating_sub(PICKUP)).unwrap_or(0);
+        if n < due {
+            problems.push(format!(
+                "{} certificate {}#{n} at {:?}, though #{due} was written {PICKUP:?} before",
+                h.side,
+                owner.label(),
+                h.at
+            ));
+        }
+        if newest(owner, h.at).is_none_or(|latest| n > latest) {
+            problems.push(format!(
+                "{} certificate {}#{n} at {:?}, before it was written",
+                h.side,
+                owner.label(),
+                h.at
+            ));
+        }
+    }
+    for &(sidecar, writes, generation) in &mesh.generations {
+        if generation != writes {
+            problems.push(format!(
+                "{}: generation {generation} after {writes} rewrites of its files",
+                sidecar.label()
+            ));
+        }
+    }
+    Verdict::new(rotated_seen, problems)
+}
+
+/// Rotating credentials costs nothing: with no fault but rotations (and
+/// mild latency), every request succeeds with its own answer (none gets
+/// Needle's `mtls-failed`, or any other error) and every session
+/// completes.
+pub fn rotation_loses_nothing(run: &Run) -> Verdict {
+    let rotated = run
+        .applied
+        .iter()
+        .any(|s| matches!(s.action, Action::Rotate { .. }));
+    let mut problems = Vec::new();
+    for r in run.requests.iter().filter(|r| !r.succeeded()) {
+        problems.push(format!("#{} at {:?}: {:?}", r.id, r.sent_at, r.answer));
+    }
+    for s in &run.sessions {
+        if let Err(e) = &s.outcome {
+            problems.push(format!("session #{} at {:?}: {e}", s.id, s.started));
+        }
+    }
+    Verdict::new(rotated && !run.requests.is_empty(), problems)
+}
+
+/// mTLS never accepts a wrong identity: no request reaches the imposter's
+/// application, and no handshake verified the imposter's certificate.
+/// (Requests balanced to it get Needle's 502 or are retried elsewhere:
+/// [`answered_once_in_time`].) Exercised when the client's sidecar dialled
+/// the imposter.
+pub fn no_wrong_identity(run: &Run) -> Verdict {
+    let Some((kind, index, proxy)) = run.mesh.as_ref().and_then(|m| m.imposter) else {
+        return Verdict::new(false, Vec::new());
+    };
+    let mut problems = Vec::new();
+    for a in run.arrivals.iter().filter(|a| a.server == index) {
+        problems.push(format!(
+            "#{} reached the imposter ({kind:?}) at {:?}",
+            a.id, a.at
+        ));
+    }
+    let handshakes = run.mesh.iter().flat_map(|m| &m.handshakes);
+    for h in handshakes.filter(|h| h.cert.is_some_and(|(s, _)| s == Sidecar::Imposter)) {
+        problems.push(format!(
+            "a {} verified the imposter's certificate ({kind:?}) at {:?}",
+            if h.side == "server" {
+                "client"
+            } else {
+                "server"
+            },
+            h.at
+        ));
+    }
+    let dialled = run.counts.dials.iter().any(|(_, to)| *to == proxy);
+    Verdict::new(dialled, problems)
+}
+
 /// The same seed gives the same trace: `a` and `b` are two runs of one
 /// scenario and seed. On a difference, says where the traces part.
 pub fn same_seed_same_digest(a: &Run, b: &Run) -> Verdict {
@@ -618,6 +736,7 @@ mod tests {
     use super::*;
     use crate::faults::Scheduled;
     use crate::ledger::{Arrival, Departure, GRPC_GET, GRPC_PUT, Proto, RequestRecord};
+    use crate::mesh::{Handshake, ImposterKind, MeshRecord};
     use crate::net::ConnCounts;
 
     fn ms(n: u64) -> Duration {
@@ -643,6 +762,7 @@ mod tests {
             stop_at: Duration::from_secs(10),
             initial: vec![0, 1, 2],
             servers: 3,
+            mesh: None,
         }
     }
 
@@ -886,5 +1006,94 @@ mod tests {
         assert!(text.contains("#2 ") && !text.contains("#1 "), "{text}");
         run.requests.pop();
         assert_eq!(latency_recovers(&run), Verdict::new(true, Vec::new()));
+    }
+
+    fn handshake(at: u64, owner: Sidecar, n: u32) -> Handshake {
+        Handshake {
+            at: ms(at),
+            side: "server",
+            cert: Some((owner, n)),
+        }
+    }
+
+    #[test]
+    fn a_stale_certificate_or_a_rotation_not_installed_is_caught() {
+        let mut run = run_with(Vec::new(), Vec::new());
+        let s1 = Sidecar::Server(1);
+        run.mesh = Some(MeshRecord {
+            issued: vec![(ms(0), s1, 0), (ms(2000), s1, 1)],
+            handshakes: vec![
+                handshake(100, s1, 0),
+                // Still the old one just after the rotation: allowed.
+                handshake(2100, s1, 0),
+                handshake(3000, s1, 1),
+            ],
+            generations: vec![(s1, 1, 1)],
+            imposter: None,
+        });
+        let verdict = certificates_fresh(&run);
+        assert_eq!(verdict, Verdict::new(true, Vec::new()));
+        let mesh = run.mesh.as_mut().unwrap();
+        mesh.handshakes.push(handshake(2600, s1, 0));
+        let text = certificates_fresh(&run).violation.expect("stale");
+        assert!(text.contains("server1#0 at 2.6s"), "{text}");
+        let mesh = run.mesh.as_mut().unwrap();
+        mesh.handshakes.pop();
+        mesh.handshakes.push(handshake(1000, s1, 1));
+        assert!(
+            certificates_fresh(&run).violation.is_some(),
+            "from the future"
+        );
+        let mesh = run.mesh.as_mut().unwrap();
+        mesh.handshakes.pop();
+        mesh.generations = vec![(s1, 1, 0)];
+        assert!(
+            certificates_fresh(&run).violation.is_some(),
+            "not installed"
+        );
+    }
+
+    #[test]
+    fn a_request_lost_to_a_rotation_is_caught() {
+        let mut run = run_with(vec![request(1, "GET", 0, 1)], Vec::new());
+        run.applied.push(Scheduled {
+            at: ms(1000),
+            action: Action::Rotate {
+                sidecar: Sidecar::Client,
+            },
+        });
+        assert_eq!(rotation_loses_nothing(&run), Verdict::new(true, Vec::new()));
+        let mut failed = request(2, "GET", 1000, 2);
+        failed.answer = Answer::Response {
+            at: ms(1010),
+            status: 502,
+            needle_error: Some("mtls-failed".into()),
+            echoed: None,
+            server: None,
+            grpc_status: None,
+        };
+        run.requests.push(failed);
+        assert!(rotation_loses_nothing(&run).violation.is_some());
+    }
+
+    #[test]
+    fn the_imposter_reached_or_trusted_is_caught() {
+        let proxy: std::net::SocketAddr = "192.168.0.4:4143".parse().unwrap();
+        let mut run = run_with(vec![request(1, "GET", 0, 1)], vec![arrival(1, 0, 2, "GET")]);
+        run.counts.dials.push((ms(1), proxy));
+        run.mesh = Some(MeshRecord {
+            imposter: Some((ImposterKind::Impersonator, 3, proxy)),
+            ..MeshRecord::default()
+        });
+        assert_eq!(no_wrong_identity(&run), Verdict::new(true, Vec::new()));
+        run.arrivals.push(arrival(1, 3, 3, "GET"));
+        assert!(no_wrong_identity(&run).violation.is_some(), "reached");
+        run.arrivals.pop();
+        run.mesh
+            .as_mut()
+            .unwrap()
+            .handshakes
+            .push(handshake(5, Sidecar::Imposter, 0));
+        assert!(no_wrong_identity(&run).violation.is_some(), "trusted");
     }
 }

@@ -8,6 +8,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::faults::{Action, FaultKind, Scheduled, window};
+use crate::mesh::{MeshSetup, Sidecar};
 use crate::workload::{OpenLoop, Workload};
 
 /// Oracles that only make sense for some scenarios.
@@ -27,6 +28,14 @@ pub enum Check {
     /// Once an overload ends, answers are fast again: no backlog outlives
     /// it.
     LatencyRecovers,
+    /// Handshakes after a rotation (once picked up) show the new
+    /// certificate; every rotation is installed.
+    CertificatesFresh,
+    /// Rotations cost nothing: every request and session succeeds.
+    RotationLosesNothing,
+    /// No request reaches the imposter; no handshake accepts its
+    /// certificate.
+    NoWrongIdentity,
 }
 
 /// A scenario.
@@ -61,6 +70,8 @@ pub struct Scenario {
     /// How many requests each server works on at once (the rest queue);
     /// `None`: unlimited.
     pub capacity: Option<usize>,
+    /// Meshed worlds: sidecars on both sides, mTLS between them.
+    pub mesh: Option<MeshSetup>,
 }
 
 fn base(name: &'static str, about: &'static str) -> Scenario {
@@ -78,6 +89,7 @@ fn base(name: &'static str, about: &'static str) -> Scenario {
         checks: &[],
         grpc_route: false,
         capacity: None,
+        mesh: None,
     }
 }
 
@@ -293,7 +305,103 @@ pub fn all() -> Vec<Scenario> {
                 "open-loop arrivals above what slowed servers serve until the quiet phase: deadlines bound the queues",
             )
         },
+        Scenario {
+            servers: 4,
+            discovered: 3,
+            workload: Workload {
+                echo_sessions: 2,
+                ..Workload::default()
+            },
+            mesh: Some(MeshSetup {
+                imposter: false,
+                legacy: true,
+            }),
+            plan: rotation_plan,
+            checks: &[Check::CertificatesFresh, Check::RotationLosesNothing],
+            ..base(
+                "credential-rotation",
+                "mTLS both ways; every sidecar's certificate rotated under traffic (maybe a CA rollover)",
+            )
+        },
+        Scenario {
+            servers: 4,
+            discovered: 3,
+            mesh: Some(MeshSetup {
+                imposter: true,
+                legacy: false,
+            }),
+            swarm: &[FaultKind::Latency],
+            plan: |rng, s| {
+                let good: Vec<usize> = (0..s.servers - 1).collect();
+                let all: Vec<usize> = (0..s.servers).collect();
+                vec![
+                    Scheduled {
+                        at: secs(rng, 0.5, 2.0),
+                        action: Action::Endpoints { servers: all },
+                    },
+                    Scheduled {
+                        at: s.traffic,
+                        action: Action::Endpoints { servers: good },
+                    },
+                ]
+            },
+            checks: &[Check::NoWrongIdentity],
+            ..base(
+                "wrong-identity",
+                "an imposter (rogue CA, other workload, or impersonator) published for the service",
+            )
+        },
     ]
+}
+
+/// `credential-rotation`: maybe a CA rollover first (a new CA trusted
+/// everywhere, then issuing); every sidecar rotated once or twice, at
+/// least 0.6 s apart (several polls); the fourth server published
+/// mid-rotations (fresh HTTP connections); mild latency on some links.
+fn rotation_plan(rng: &mut StdRng, s: &Scenario) -> Vec<Scheduled> {
+    let mut steps = Vec::new();
+    let mut first = 1.0;
+    if rng.random_bool(0.5) {
+        steps.push(Scheduled {
+            at: secs(rng, 0.8, 1.2),
+            action: Action::AddCa,
+        });
+        first = 1.8;
+    }
+    let mut sidecars = vec![Sidecar::Client, Sidecar::Legacy];
+    sidecars.extend((0..s.servers).map(Sidecar::Server));
+    for sidecar in sidecars {
+        let mut at = secs(rng, first, 3.0);
+        for _ in 0..rng.random_range(1..=2) {
+            steps.push(Scheduled {
+                at,
+                action: Action::Rotate { sidecar },
+            });
+            at += secs(rng, 0.6, 2.0);
+        }
+    }
+    steps.push(Scheduled {
+        at: secs(rng, 1.5, 4.5),
+        action: Action::Endpoints {
+            servers: (0..s.servers).collect(),
+        },
+    });
+    for _ in 0..rng.random_range(0..=2) {
+        let server = rng.random_range(0..s.servers);
+        let at = secs(rng, 0.5, 4.0);
+        steps.push(Scheduled {
+            at,
+            action: Action::Latency {
+                server,
+                latency: Duration::from_millis(rng.random_range(10..=40)),
+            },
+        });
+        steps.push(Scheduled {
+            at: at + secs(rng, 0.5, 1.5),
+            action: Action::RestoreLatency { server },
+        });
+    }
+    steps
 }
 
 /// The scenario called `name`.

@@ -8,8 +8,9 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::faults::FaultKind;
+use crate::faults::{Action, FaultKind};
 use crate::ledger::Answer;
+use crate::mesh::ImposterKind;
 use crate::oracle::{self, Failure};
 use crate::scenario::Scenario;
 use crate::world;
@@ -64,6 +65,27 @@ impl Summary {
             if run.applied.iter().any(|s| s.action.starts() == Some(kind)) {
                 *self.faults.entry(kind.name()).or_default() += 1;
             }
+        }
+        // The mesh's own disruptions.
+        let mut mesh = Vec::new();
+        if run
+            .applied
+            .iter()
+            .any(|s| matches!(s.action, Action::Rotate { .. }))
+        {
+            mesh.push("rotation");
+        }
+        if run.applied.iter().any(|s| s.action == Action::AddCa) {
+            mesh.push("ca-rollover");
+        }
+        match run.mesh.as_ref().and_then(|m| m.imposter) {
+            Some((ImposterKind::RogueCa, ..)) => mesh.push("imposter-rogue-ca"),
+            Some((ImposterKind::OtherWorkload, ..)) => mesh.push("imposter-other-workload"),
+            Some((ImposterKind::Impersonator, ..)) => mesh.push("imposter-impersonator"),
+            None => {}
+        }
+        for name in mesh {
+            *self.faults.entry(name).or_default() += 1;
         }
         for f in findings {
             let n = self.oracles.entry(f.oracle).or_default();

@@ -10,6 +10,12 @@
 //! servers it currently publishes), 4141 forwards to the legacy echo and
 //! 4142 to the legacy banner service.
 //!
+//! Meshed scenarios ([`Scenario::mesh`]) give the sidecar an identity and
+//! put an inbound sidecar (a `Port` on 4143, 4144 on `legacy`) in front
+//! of each server's application, on its host; discovery publishes the
+//! endpoints as meshed, so every hop between hosts is mutual TLS (see
+//! [`crate::mesh`]).
+//!
 //! Determinism: turmoil's `rng_seed` is the seed, its epoch is fixed, the
 //! proxy's RNG and every client and server RNG derive from the seed, hyper
 //! adds no `date` header, and nothing here reads the system clock or
@@ -24,15 +30,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use needle_core::retry::{RetryPolicy, Timeouts};
 use needle_core::route::{HttpMatch, PathMatch, Route, Rule, Split};
-use needle_io::discovery::{Endpoint, Service, StaticDiscovery};
+use needle_io::discovery::{Endpoint, Meshed, Service, StaticDiscovery};
 use needle_io::http::{HttpConfig, HttpProxy};
+use needle_io::metrics::Metrics;
 use needle_io::net::Network;
 use needle_io::proxy::{Port, PortConfig};
+use needle_io::tls::CredentialFiles;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::faults::{self, Action, FaultKind, Scheduled};
 use crate::ledger::{Arrival, Departure, GRPC_GET, Ledger, RequestRecord, SessionRecord};
+use crate::mesh::{self, Identities, ImposterKind, MeshRecord, Pki, Sidecar};
 use crate::net::{ConnCounts, CountingNet};
 use crate::scenario::Scenario;
 use crate::servers::{self, BANNER_PORT, ECHO_PORT, HTTP_PORT, ServerCtl};
@@ -53,7 +62,7 @@ pub const PER_TRY_TIMEOUT: Duration = Duration::from_millis(500);
 /// close its side.
 pub const DRAIN: Duration = Duration::from_secs(1);
 /// turmoil's clock starts at 2026-01-01T00:00:00Z in every run.
-const EPOCH_SECS: u64 = 1_767_225_600;
+pub const EPOCH_SECS: u64 = 1_767_225_600;
 /// Link latency outside latency faults.
 const LINK_MIN: Duration = Duration::from_millis(1);
 const LINK_MAX: Duration = Duration::from_millis(3);
@@ -98,6 +107,8 @@ pub struct Run {
     pub initial: Vec<usize>,
     /// How many HTTP servers.
     pub servers: usize,
+    /// What the mesh did, in a meshed world.
+    pub mesh: Option<MeshRecord>,
 }
 
 impl Run {
@@ -162,6 +173,34 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     PANICS.with(|p| p.borrow_mut().clear());
     let ledger = Ledger::default();
     let (drawn, schedule) = schedule(scenario, seed);
+    let setup = scenario.mesh;
+    let imposter = setup
+        .filter(|m| m.imposter)
+        .map(|_| ImposterKind::draw(seed));
+    let identities = Identities::default();
+    let mut pki = setup.map(|m| {
+        mesh::start_run(seed, ledger.trace.clone());
+        let good = scenario.servers - usize::from(m.imposter);
+        let mut sidecars = vec![Sidecar::Client];
+        sidecars.extend((0..good).map(Sidecar::Server));
+        if m.legacy {
+            sidecars.push(Sidecar::Legacy);
+        }
+        Pki::new(seed, EPOCH_SECS, &sidecars, imposter).expect("credential files written")
+    });
+    if let Some(kind) = imposter {
+        let index = scenario.servers - 1;
+        let what = format!("imposter server{index}: {kind:?}");
+        ledger.trace.record_at(Duration::ZERO, "driver", what);
+    }
+    // The sidecar each server host runs, and its files.
+    let server_sidecar = |index: usize| {
+        let sidecar = match imposter {
+            Some(_) if index == scenario.servers - 1 => Sidecar::Imposter,
+            _ => Sidecar::Server(index),
+        };
+        pki.as_ref().map(|pki| (sidecar, pki.files(sidecar)))
+    };
     let stop_at = scenario.traffic + scenario.quiet;
 
     let mut sim = turmoil::Builder::new()
@@ -183,11 +222,46 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     }
     for ctl in &ctls {
         let (name, ctl, ledger) = (ctl.name.clone(), ctl.clone(), ledger.clone());
+        let Some((sidecar, files)) = server_sidecar(ctl.index) else {
+            sim.host(name.as_str(), move || {
+                servers::http_server(ctl.clone(), ledger.clone())
+            });
+            continue;
+        };
+        let (ids, kind) = (
+            identities.clone(),
+            imposter.filter(|_| sidecar == Sidecar::Imposter),
+        );
+        let rng_seed = seed ^ (ctl.index as u64 + 1) << 24;
         sim.host(name.as_str(), move || {
-            servers::http_server(ctl.clone(), ledger.clone())
+            let app = servers::http_server(ctl.clone(), ledger.clone());
+            let inbound = mesh::server_side(sidecar, kind, files.clone(), rng_seed, ids.clone());
+            async move {
+                let (app, inbound) = tokio::join!(app, inbound);
+                app.and(inbound)
+            }
         });
     }
-    sim.host("legacy", servers::legacy_server);
+    match pki.as_ref().filter(|_| setup.is_some_and(|m| m.legacy)) {
+        None => sim.host("legacy", servers::legacy_server),
+        Some(pki) => {
+            let (files, ids) = (pki.files(Sidecar::Legacy), identities.clone());
+            sim.host("legacy", move || {
+                let inbound = mesh::inbound_sidecar(
+                    Sidecar::Legacy,
+                    files.clone(),
+                    EPOCH_SECS,
+                    mesh::LEGACY_MESH_PORT,
+                    seed ^ 0x001e_6ac1,
+                    ids.clone(),
+                );
+                async move {
+                    let (app, inbound) = tokio::join!(servers::legacy_server(), inbound);
+                    app.and(inbound)
+                }
+            })
+        }
+    }
 
     let addrs: Vec<SocketAddr> = ctls
         .iter()
@@ -200,13 +274,36 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         request: Some(REQUEST_TIMEOUT),
         per_try: Some(PER_TRY_TIMEOUT),
     };
+    // Meshed worlds: each endpoint's inbound sidecar, on its host.
+    let meshed: Option<Vec<Meshed>> = setup.map(|_| {
+        addrs
+            .iter()
+            .map(|a| {
+                mesh::meshed(
+                    mesh::API_ID,
+                    SocketAddr::new(a.ip(), mesh::SERVER_MESH_PORT),
+                )
+            })
+            .collect()
+    });
     let publish = |servers: &[usize]| {
-        let mut svc = Service::with_endpoints(servers.iter().map(|&i| Endpoint::new(addrs[i])));
+        let mut svc = Service::with_endpoints(servers.iter().map(|&i| match &meshed {
+            None => Endpoint::new(addrs[i]),
+            Some(m) => Endpoint::meshed(addrs[i], m[i].clone()),
+        }));
         if scenario.grpc_route {
             svc.routes = grpc_routes(timeouts);
         }
         discovery.set(service, svc);
     };
+    if setup.is_some_and(|m| m.legacy) {
+        let proxy = SocketAddr::new(legacy, mesh::LEGACY_MESH_PORT);
+        for port in [ECHO_PORT, BANNER_PORT] {
+            let dst = SocketAddr::new(legacy, port);
+            let endpoint = Endpoint::meshed(dst, mesh::meshed(mesh::LEGACY_ID, proxy));
+            discovery.set(dst, Service::with_endpoints([endpoint]));
+        }
+    }
     let initial: Vec<usize> = (0..scenario.discovered).collect();
     publish(&initial);
 
@@ -226,6 +323,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     port_config.detect.detect.timeout = scenario.detect_timeout;
     {
         let (net, discovery) = (net.clone(), discovery.clone());
+        let client_mesh = pki
+            .as_ref()
+            .map(|pki| (pki.files(Sidecar::Client), identities.clone()));
         sim.host("sidecar", move || {
             sidecar(
                 net.clone(),
@@ -237,6 +337,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                     SocketAddr::new(legacy, ECHO_PORT),
                     SocketAddr::new(legacy, BANNER_PORT),
                 ],
+                client_mesh.clone(),
             )
         });
     }
@@ -263,7 +364,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                 ledger
                     .trace
                     .record_at(now, "driver", format!("{:?}", step.action));
-                apply(&mut sim, &step.action, &ctls, &mut crashed, &publish);
+                match (&step.action, pki.as_mut()) {
+                    (Action::Rotate { sidecar }, Some(pki)) => {
+                        pki.rotate(*sidecar, now).expect("credential files written")
+                    }
+                    (Action::AddCa, Some(pki)) => pki.add_ca().expect("credential files written"),
+                    _ => apply(&mut sim, &step.action, &ctls, &mut crashed, &publish),
+                }
                 applied.push(Scheduled {
                     at: now,
                     action: step.action.clone(),
@@ -282,6 +389,16 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         Ok(Err(e)) => Some(e),
         Err(_) => Some("the driver panicked".to_owned()),
     };
+    let mesh = pki.as_ref().map(|pki| MeshRecord {
+        handshakes: mesh::finish_run(),
+        issued: pki.issued(),
+        generations: mesh::generations(pki, &identities),
+        imposter: imposter.map(|kind| {
+            let index = scenario.servers - 1;
+            let proxy = SocketAddr::new(addrs[index].ip(), mesh::SERVER_MESH_PORT);
+            (kind, index, proxy)
+        }),
+    });
     let events = ledger.trace.events();
     Run {
         scenario: scenario.name,
@@ -301,6 +418,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         stop_at,
         initial,
         servers: scenario.servers,
+        mesh,
     }
 }
 
@@ -337,8 +455,22 @@ async fn sidecar(
     http_config: HttpConfig,
     port_config: PortConfig,
     targets: [SocketAddr; 3],
+    mesh: Option<(CredentialFiles, Identities)>,
 ) -> turmoil::Result {
-    let http = HttpProxy::new(net.clone(), http_config, discovery);
+    let http = match mesh {
+        None => HttpProxy::new(net.clone(), http_config, discovery),
+        // Meshed: the same proxy, originating mTLS to meshed endpoints.
+        Some((files, identities)) => {
+            let identity = mesh::load_identity(Sidecar::Client, files, EPOCH_SECS, &identities)?;
+            HttpProxy::meshed(
+                net.clone(),
+                http_config,
+                discovery,
+                Some(identity),
+                Metrics::new(),
+            )
+        }
+    };
     let port = |target: SocketAddr| {
         Port::with_http(
             net.clone(),
@@ -411,6 +543,8 @@ fn apply(
         Action::Failing { server, ratio } => ctls[server].set_fail_ratio(ratio),
         Action::Behave { server } => ctls[server].heal(),
         Action::Endpoints { ref servers } => publish(servers),
+        // Credentials: the driver writes them (see `run`).
+        Action::Rotate { .. } | Action::AddCa => {}
         Action::HealAll => {
             for (server, ctl) in ctls.iter().enumerate() {
                 sim.release("sidecar", name(server));

@@ -116,6 +116,19 @@ fn overload() {
 }
 
 #[test]
+fn credential_rotation() {
+    check("credential-rotation", &SEEDS);
+}
+
+/// Seeds 1 and 2 draw a rogue-CA and an other-workload imposter; seed 4
+/// an impersonator (another workload's valid certificate, whatever the
+/// SNI asks).
+#[test]
+fn wrong_identity() {
+    check("wrong-identity", &[1, 2, 4]);
+}
+
+#[test]
 fn regressions() {
     for &(name, seed) in REGRESSIONS {
         check(name, &[seed]);
@@ -138,6 +151,8 @@ fn every_scenario_is_tested() {
         "chaos",
         "grpc",
         "overload",
+        "credential-rotation",
+        "wrong-identity",
     ];
     let all: Vec<_> = scenario::all().iter().map(|s| s.name).collect();
     assert_eq!(all, tested);
