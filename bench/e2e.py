@@ -245,7 +245,10 @@ NGINX_HTTP = """http {{
     access_log off;
     client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
     uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-    upstream up {{ server {upstream}; keepalive 64; }}
+    # nginx closes a connection after 1,000 requests by default (client and
+    # upstream); the others do not, so neither does it here.
+    keepalive_requests 100000000;
+    upstream up {{ server {upstream}; keepalive 64; keepalive_requests 100000000; }}
     server {{
         {listen}
         location / {{

@@ -149,15 +149,16 @@ async fn run(args: Args) -> Result<Tally, Box<dyn std::error::Error>> {
     }));
     let due = move |i: u64| start + interval * (i as u32);
     if args.h2 {
-        let stream = connect(args.addr).await?;
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::task::spawn_local(conn);
+        let mut sender = h2_connect(args.addr).await?;
         let mut tasks = Vec::new();
         for i in 0..total {
             let at = due(i);
             tokio::time::sleep_until(at).await;
+            // A server may end a connection after so many requests (GOAWAY):
+            // the next request goes on a new one, like a real client.
+            if sender.is_closed() {
+                sender = h2_connect(args.addr).await?;
+            }
             let mut sender = sender.clone();
             let tally = tally.clone();
             tasks.push(tokio::task::spawn_local(async move {
@@ -237,6 +238,16 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+async fn h2_connect(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, Box<dyn std::error::Error>> {
+    let stream = connect(addr).await?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::task::spawn_local(conn);
+    Ok(sender)
 }
 
 async fn h1_connect(
