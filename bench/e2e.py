@@ -146,13 +146,13 @@ class Procs:
     def pids(self):
         return [p.pid for p in self.procs]
 
-    def stop(self):
+    def stop(self, timeout=5):
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
-                p.wait(timeout=5)
+                p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -18,7 +18,6 @@ Needs valgrind (installed if missing, like e2e.py's tools).
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,13 +51,7 @@ def counted(config, test, d, requests):
             raise RuntimeError(f"{config} {test}: not every request succeeded:\n{res}")
         time.sleep(0.5)
     finally:
-        for p in procs.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        procs.stop(timeout=30)  # valgrind writes its counts on the way out
     total = 0
     for name in os.listdir(d):
         if name.startswith(os.path.basename(out)):
