@@ -127,6 +127,16 @@ def tree_ticks(pids):
     return total
 
 
+def children_cpu():
+    """CPU seconds of the finished child processes (the load generators)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+# The backend's pid, set once it runs: its CPU is ours, not noise.
+BACKEND_PID = None
+
+
 class Procs:
     """Processes started for one measurement; stopped together."""
 
@@ -427,15 +437,18 @@ def measure(test, config, d, opts):
             port = BACKEND if config == "direct" else (
                 FRONT_H2 if kind.startswith("h2") and config in ("nginx", "haproxy") else FRONT)
             before_cpu, before_busy = tree_ticks(pids), machine_busy_ticks()
+            before_ours = tree_ticks([BACKEND_PID]) / HZ + children_cpu()
             t0 = time.time()
             r = checked(kind, config, load(kind, port, opts, d))
             wall = time.time() - t0
             cpu = (tree_ticks(pids) - before_cpu) / HZ
             busy = (machine_busy_ticks() - before_busy) / HZ
+            ours = tree_ticks([BACKEND_PID]) / HZ + children_cpu() - before_ours
             r["proxy_cpu_s"] = cpu
-            # Every CPU second the machine spent, minus the proxies' and the
-            # load's (CPU 0 at most): what else ran meanwhile.
-            r["other_cpu_pct"] = max(0.0, (busy - cpu - wall) / wall * 100)
+            # Every CPU second the machine spent, minus the proxies', the
+            # backend's and the load generator's: what else ran meanwhile,
+            # as a share of one core.
+            r["other_cpu_pct"] = max(0.0, (busy - cpu - ours) / wall * 100)
             r["cpu_s_per_10k"] = cpu / r["requests"] * 1e4 if r["requests"] and pids else 0.0
             results[kind] = r
         results["idle_rss_kib"] = idle
@@ -637,6 +650,8 @@ def main():
     make_certs(d)
     backend = subprocess.Popen(["taskset", "-c", LOAD_CPU, os.path.join(RELEASE, "bench-backend"),
                                 f"127.0.0.1:{BACKEND}"], stdout=subprocess.DEVNULL)
+    global BACKEND_PID
+    BACKEND_PID = backend.pid  # taskset execs the backend in place: same pid
     rounds = []
     try:
         wait_http(BACKEND)
