@@ -391,6 +391,26 @@ impl Call {
     }
 }
 
+/// Closes a client connection at the end of the traffic: dropping its
+/// sender lets hyper close it cleanly; one still open a second later is
+/// traced (and `connections-closed` will say so).
+async fn close<S>(
+    plan: &ClientPlan,
+    ledger: &Ledger,
+    sender: S,
+    task: tokio::task::JoinHandle<()>,
+) {
+    drop(sender);
+    if tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .is_err()
+    {
+        ledger
+            .trace
+            .record(&plan.name, "client connection did not close");
+    }
+}
+
 /// Sends requests one at a time until the traffic ends.
 async fn http_worker(plan: &ClientPlan, ledger: &Ledger, proto: Proto, base: u64, mut rng: StdRng) {
     let mut conn: Option<(Sender, tokio::task::JoinHandle<()>)> = None;
@@ -430,16 +450,7 @@ async fn http_worker(plan: &ClientPlan, ledger: &Ledger, proto: Proto, base: u64
         tokio::time::sleep(think).await;
     }
     if let Some((sender, task)) = conn.take() {
-        // Dropping the sender lets hyper close the connection cleanly.
-        drop(sender);
-        if tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .is_err()
-        {
-            ledger
-                .trace
-                .record(&plan.name, "client connection did not close");
-        }
+        close(plan, ledger, sender, task).await;
     }
 }
 
@@ -509,15 +520,7 @@ async fn open_loop(plan: &ClientPlan, ledger: &Ledger, open: OpenLoop, base: u64
         let _ = task.await;
     }
     for (sender, task) in pool.into_iter().flatten() {
-        drop(sender);
-        if tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .is_err()
-        {
-            ledger
-                .trace
-                .record(&plan.name, "client connection did not close");
-        }
+        close(plan, ledger, sender, task).await;
     }
 }
 
