@@ -14,7 +14,12 @@ const SEEDS: [u64; 2] = [1, 2];
 /// twice). chaos 221, 234, 258: a crashed server's connections closed in
 /// an order that depended on tokio's process-wide task ids, so the seed
 /// replayed differently (fixed: server tasks on turmoil's `LocalSet`).
-const REGRESSIONS: &[(&str, u64)] = &[("chaos", 221), ("chaos", 234), ("chaos", 258)];
+const REGRESSIONS: &[(&str, u64)] = &[
+    ("chaos", 221),
+    ("chaos", 234),
+    ("chaos", 258),
+    ("half-fail", 2188),
+];
 
 /// Moves tokio's process-wide task-id counter on, so that the second run of
 /// a seed never gets the first run's task ids: a run whose outcome depends
