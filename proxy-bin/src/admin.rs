@@ -62,10 +62,17 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, peer, req).await) }
-            });
+            // Set by POST /shutdown; acted on once this connection is done,
+            // so the caller gets its whole `200` before the process exits
+            // (exiting first could reset the connection under the answer).
+            let requested = Arc::new(AtomicBool::new(false));
+            let service = {
+                let (admin, requested) = (admin.clone(), requested.clone());
+                hyper::service::service_fn(move |req| {
+                    let (admin, requested) = (admin.clone(), requested.clone());
+                    async move { Ok::<_, Infallible>(handle(&admin, peer, req, &requested).await) }
+                })
+            };
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
@@ -73,6 +80,9 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 .await;
             if let Err(error) = served {
                 debug!(%peer, %error, "admin connection failed");
+            }
+            if requested.load(Ordering::Relaxed) {
+                admin.shutdown.notify_one();
             }
         });
     }
@@ -88,7 +98,12 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     res
 }
 
-async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    admin: &Admin,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    shutdown_requested: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let local = peer.ip().is_loopback();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
@@ -133,8 +148,14 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Resp
         }
         (&Method::POST, "/shutdown") => {
             info!("shutdown requested through the admin server");
-            admin.shutdown.notify_one();
-            text(StatusCode::OK, "shutting down\n")
+            shutdown_requested.store(true, Ordering::Relaxed);
+            let mut res = text(StatusCode::OK, "shutting down\n");
+            // The connection ends with this answer; then the shutdown starts.
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            res
         }
         (_, "/live" | "/ready" | "/metrics" | "/config" | "/log-level" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
