@@ -20,6 +20,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import rss_kib  # noqa: E402  (VmRSS and VmHWM, KiB)
+
 
 def free_port():
     s = socket.socket()
@@ -27,15 +30,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def rss_kib(pid):
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
 def backend():
