@@ -95,7 +95,7 @@ fn run_balancer(
                 }
                 done.push(now + latency(i, now), (i, d));
             }
-            Err(PickError::AllEjected { .. }) => {}
+            Err(PickError::AllEjected) => {}
             Err(e) => panic!("{e}"),
         }
         now += gap;
@@ -254,25 +254,52 @@ fn scenario_failing_endpoint_is_ejected_then_recovered() {
     assert_eq!(b.health(b.id_of(&0).unwrap()), Some(Health::Ready));
 }
 
+/// Every endpoint failing: each takes one request at a time (its probe),
+/// long before any backoff elapses, and only a request that finds every
+/// probe in flight fails fast; once the service is back, one probe brings
+/// traffic back rather than a backoff of up to a minute.
 #[test]
-fn scenario_all_endpoints_failing_is_reported_as_all_ejected() {
+fn scenario_all_endpoints_failing_get_a_probe_each_and_recover_at_once() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut b = balancer(3);
     let mut now = Instant::ZERO;
-    loop {
-        match b.pick(now, &mut rng) {
-            Ok(d) => {
-                b.complete(now, d, Completion::Failure, &mut rng);
-            }
-            Err(PickError::AllEjected { next_probation }) => {
-                assert!(next_probation.is_some_and(|t| t > now));
-                break;
-            }
-            Err(e) => panic!("{e}"),
-        }
+    while b.ready_len() > 0 {
+        let d = b.pick(now, &mut rng).expect("a ready endpoint");
+        b.complete(now, d, Completion::Failure, &mut rng);
         now += Duration::from_millis(1);
         assert!(now < Instant::from_secs(1));
     }
+    let probes: Vec<Dispatch> = (0..3)
+        .map(|_| b.pick(now, &mut rng).expect("an early probe"))
+        .collect();
+    assert!(probes.iter().all(Dispatch::is_probe));
+    let endpoints: std::collections::BTreeSet<_> = probes.iter().map(Dispatch::endpoint).collect();
+    assert_eq!(endpoints.len(), 3, "one probe per endpoint");
+    assert_eq!(b.pick(now, &mut rng), Err(PickError::AllEjected));
+
+    // A failed probe ejects again; the next request probes again.
+    let mut probes = probes.into_iter();
+    let failed = probes.next().expect("three probes");
+    let id = failed.endpoint();
+    let again = b.complete(now, failed, Completion::Failure, &mut rng);
+    assert!(
+        matches!(again, Some(Transition::Ejected { .. })),
+        "{again:?}"
+    );
+    let probe = b
+        .pick(now, &mut rng)
+        .expect("a probe of the re-ejected endpoint");
+    assert!(probe.is_probe());
+    assert_eq!(probe.endpoint(), id);
+
+    // The service is back: one answered probe and traffic flows.
+    assert_eq!(
+        b.complete(now, probe, Completion::Success, &mut rng),
+        Some(Transition::Recovered)
+    );
+    let d = b.pick(now, &mut rng).expect("the recovered endpoint");
+    assert!(!d.is_probe());
+    assert_eq!(d.endpoint(), id);
 }
 
 #[test]

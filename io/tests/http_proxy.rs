@@ -853,37 +853,61 @@ async fn endpoint_removed_by_discovery_gets_no_more_traffic() {
     );
 }
 
+/// Once the sole endpoint is ejected, it takes one request at a time (its
+/// probe, sent at once rather than after the backoff: nothing else could
+/// serve the request); a request that finds the probe in flight fails
+/// fast with 503 without reaching it.
 #[tokio::test]
-async fn failing_endpoint_is_ejected_and_then_fails_fast_with_503() {
+async fn an_ejected_endpoint_takes_one_probe_at_a_time_and_the_rest_fail_fast() {
     let b = backend(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut res = Response::new(full("broken"));
         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         res
     })
     .await;
     let (addr, _, _) = proxy_to(&[b.addr], HttpConfig::default(), HttpVersion::Http1).await;
-    let mut client = h1_client(addr).await;
-    // POSTs are not retried, so each request is one attempt. Seven
-    // consecutive failures eject the endpoint (the core's default accrual).
-    let mut statuses = Vec::new();
-    for _ in 0..9 {
-        let req = Request::post("/")
+    let post = || {
+        Request::post("/")
             .header("host", "a")
             .body(full("x"))
-            .unwrap();
-        let res = client.send_request(req).await.unwrap();
-        statuses.push((res.status().as_u16(), needle_error(&res)));
+            .unwrap()
+    };
+    // POSTs are not retried, so each request is one attempt. Seven
+    // consecutive failures eject the endpoint (the core's default accrual).
+    let mut client = h1_client(addr).await;
+    for i in 0..7 {
+        let res = client.send_request(post()).await.unwrap();
+        assert_eq!(
+            (res.status().as_u16(), needle_error(&res)),
+            (500, None),
+            "request {i}"
+        );
         text(res).await;
     }
-    assert!(
-        statuses[..7].iter().all(|s| *s == (500, None)),
-        "{statuses:?}"
+    // The next request is the probe; while it is in flight another fails fast.
+    let probe = tokio::spawn(async move {
+        let res = client.send_request(post()).await.unwrap();
+        (res.status().as_u16(), needle_error(&res))
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut other = h1_client(addr).await;
+    let started = std::time::Instant::now();
+    let res = other.send_request(post()).await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), needle_error(&res)),
+        (503, Some("endpoints-ejected".to_owned()))
     );
-    assert_eq!(statuses[7], (503, Some("endpoints-ejected".to_owned())));
+    assert!(started.elapsed() < Duration::from_millis(150), "fails fast");
+    assert_eq!(
+        probe.await.unwrap(),
+        (500, None),
+        "the probe reached the endpoint"
+    );
     assert_eq!(
         b.requests(),
-        7,
-        "an ejected endpoint gets nothing until probation"
+        8,
+        "seven requests and the probe, nothing else"
     );
 }
 
@@ -1064,10 +1088,20 @@ async fn endpoint_closing_each_connection_does_not_fail_requests() {
     );
 }
 
+/// A retry that finds every endpoint ejected with its probe in flight
+/// answers with what its previous attempt got, the endpoint's own answer.
+/// Two GETs to one endpoint answering 503 after 100 ms, one failure
+/// ejecting it: the first retry to pick probes the endpoint at once, the
+/// other finds that probe in flight and stops.
 #[tokio::test]
 async fn a_retry_with_no_endpoint_left_answers_with_the_last_response() {
-    let (b, _) = flaky_backend(usize::MAX).await;
-    // One failure ejects: the retry finds no endpoint to go to.
+    let b = backend(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut res = Response::new(full("busy"));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        res
+    })
+    .await;
     let config = HttpConfig {
         balance: needle_core::balance::BalanceConfig {
             accrual: needle_core::accrual::AccrualConfig {
@@ -1079,16 +1113,23 @@ async fn a_retry_with_no_endpoint_left_answers_with_the_last_response() {
         ..HttpConfig::default()
     };
     let (addr, _, _) = proxy_to(&[b.addr], config, HttpVersion::Http1).await;
-    let mut client = h1_client(addr).await;
-    let res = client.send_request(get("/")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        needle_error(&res),
-        None,
-        "the endpoint's own answer, not Needle's"
-    );
-    assert_eq!(text(res).await, "busy");
-    assert_eq!(b.requests(), 1);
+    let mut first = h1_client(addr).await;
+    let mut second = h1_client(addr).await;
+    let (a, b_res) = tokio::join!(first.send_request(get("/")), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        second.send_request(get("/")).await
+    });
+    for res in [a.unwrap(), b_res.unwrap()] {
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            needle_error(&res),
+            None,
+            "the endpoint's own answer, not Needle's"
+        );
+        assert_eq!(text(res).await, "busy");
+    }
+    // Without the stop, each GET would make three attempts (two retries).
+    assert!(b.requests() < 6, "{} attempts", b.requests());
 }
 
 /// Blue-green and canary through the proxy: a route splits 3:1 between two

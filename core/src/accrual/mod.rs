@@ -8,7 +8,8 @@
 //! of the ready set:
 //!
 //! ```text
-//!            N consecutive failures            backoff elapsed
+//!            N consecutive failures            backoff elapsed (or
+//!                                              every endpoint is out)
 //!  Ready ─────────────────────────────► Ejected ──────────────► Probation
 //!    ▲        (or success rate below            ▲                   │ one real request
 //!    │         threshold over a window)         │ probe failed      ▼ is dispatched
@@ -30,9 +31,14 @@
 //!   at the minimum rather than at the cap.
 //!
 //! The machine is per endpoint; the set-level question ("is everything out?")
-//! is answered by the balancer that owns the set, which reports
-//! [`PickError::AllEjected`](crate::balance::PickError::AllEjected) so the io
-//! layer can fail fast instead of queueing.
+//! is answered by the balancer that owns the set. When every endpoint is
+//! ejected it ends the ejection that would end first at once
+//! ([`Accrual::end_ejection_early`]), so a service that has recovered gets
+//! its traffic back after one probe rather than after a backoff of up to a
+//! minute, while a still-broken endpoint still takes one request at a time.
+//! Only when every endpoint has its probe in flight does the balancer report
+//! [`PickError::AllEjected`](crate::balance::PickError::AllEjected), so the
+//! io layer can fail fast instead of queueing.
 
 mod window;
 
@@ -109,7 +115,8 @@ pub enum Transition {
         /// When it enters probation.
         until: Instant,
     },
-    /// The backoff elapsed; the endpoint awaits its probe request.
+    /// The backoff elapsed (or the balancer ended the ejection early, every
+    /// endpoint being out); the endpoint awaits its probe request.
     Probation,
     /// The probe succeeded; the endpoint is ready again.
     Recovered,
@@ -173,6 +180,23 @@ impl Accrual {
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Transition> {
         match self.health {
             Health::Ejected { until } if now >= until => {
+                self.health = Health::Probation;
+                Some(Transition::Probation)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends an ejection before its backoff has elapsed: the endpoint enters
+    /// probation, so the next request sent to it is its probe. The balancer
+    /// calls this when every endpoint is out (see
+    /// [`Balancer::pick`](crate::balance::Balancer::pick)): failing every
+    /// request fast until a backoff elapses would keep a whole service dark
+    /// for up to the maximum backoff after it has recovered. Returns
+    /// [`Transition::Probation`] if the endpoint was ejected.
+    pub fn end_ejection_early(&mut self) -> Option<Transition> {
+        match self.health {
+            Health::Ejected { .. } => {
                 self.health = Health::Probation;
                 Some(Transition::Probation)
             }

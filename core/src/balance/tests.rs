@@ -22,35 +22,91 @@ fn empty_and_zero_weight_sets_report_no_endpoints() {
 }
 
 #[test]
-fn all_ejected_is_reported_with_the_next_probation() {
+fn with_everything_ejected_the_soonest_due_is_probed_at_once() {
     let mut r = rng();
     let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
-    b.insert(Instant::ZERO, 1, 1);
-    for _ in 0..7 {
-        let d = b.pick(Instant::ZERO, &mut r).unwrap();
-        b.complete(Instant::ZERO, d, Completion::Failure, &mut r);
-    }
-    let Err(PickError::AllEjected {
-        next_probation: Some(at),
-    }) = b.pick(Instant::ZERO, &mut r)
-    else {
-        panic!("expected AllEjected");
+    let first = b.insert(Instant::ZERO, 1, 1);
+    let second = b.insert(Instant::ZERO, 2, 1);
+    let mut eject = |b: &mut Balancer<u32>, id: EndpointId, now: Instant| {
+        let mut until = None;
+        while until.is_none() {
+            let d = b.pick(now, &mut r).unwrap();
+            if let Some(Transition::Ejected { until: u }) =
+                b.complete(now, d, Completion::Failure, &mut r)
+            {
+                until = (b.health(id) == Some(Health::Ejected { until: u })).then_some(u);
+            }
+        }
     };
-    assert_eq!(b.poll_timeout(), Some(at));
-    let probe = b.pick(at, &mut r).unwrap();
+    eject(&mut b, first, Instant::ZERO);
+    assert_eq!(b.ready_len(), 1);
+    let later = Instant::from_millis(10);
+    eject(&mut b, second, later);
+    assert_eq!(b.ready_len(), 0);
+    let Some(Health::Ejected { until: first_until }) = b.health(first) else {
+        panic!("first is ejected");
+    };
+    let Some(Health::Ejected {
+        until: second_until,
+    }) = b.health(second)
+    else {
+        panic!("second is ejected");
+    };
+    let soonest = if first_until <= second_until {
+        first
+    } else {
+        second
+    };
+    let other = if soonest == first { second } else { first };
+
+    let probe = b.pick(later, &mut r).unwrap();
     assert!(probe.is_probe());
     assert_eq!(
-        b.pick(at, &mut r),
-        Err(PickError::AllEjected {
-            next_probation: None
-        }),
-        "only the probe goes to an endpoint in probation"
+        probe.endpoint(),
+        soonest,
+        "the ejection that ends first ends now"
+    );
+    let probe2 = b.pick(later, &mut r).unwrap();
+    assert!(probe2.is_probe());
+    assert_eq!(probe2.endpoint(), other);
+    assert_eq!(
+        b.pick(later, &mut r),
+        Err(PickError::AllEjected),
+        "every endpoint has its probe in flight"
     );
     assert_eq!(
-        b.complete(at, probe, Completion::Success, &mut r),
+        b.complete(later, probe, Completion::Success, &mut r),
         Some(Transition::Recovered)
     );
-    assert!(b.pick(at, &mut r).is_ok());
+    let d = b.pick(later, &mut r).unwrap();
+    assert!(!d.is_probe());
+    assert_eq!(d.endpoint(), soonest);
+    // The stale timer of the ended ejection changes nothing when it fires.
+    b.handle_timeout(first_until.max(second_until));
+    assert_eq!(b.health(soonest), Some(Health::Ready));
+    assert_eq!(b.health(other), Some(Health::Probing));
+}
+
+#[test]
+fn an_ejection_is_not_ended_early_while_another_endpoint_is_ready() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let bad = b.insert(Instant::ZERO, 1, 1);
+    let good = b.insert(Instant::ZERO, 2, 1);
+    while b.ready_len() == 2 {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        let completion = if d.endpoint() == bad {
+            Completion::Failure
+        } else {
+            Completion::Success
+        };
+        b.complete(Instant::ZERO, d, completion, &mut r);
+    }
+    for _ in 0..100 {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        assert_eq!(d.endpoint(), good);
+        b.complete(Instant::ZERO, d, Completion::Success, &mut r);
+    }
 }
 
 #[test]
@@ -126,10 +182,11 @@ impl Arbitrary for Op {
 quickcheck! {
     /// Under any interleaving of discovery updates, picks, completions and
     /// time: a pick only returns a live endpoint with a non-zero weight that
-    /// accrual has not ejected; errors are returned exactly when nothing is
-    /// pickable and say which case holds; pending counts equal the dispatches
-    /// outstanding; stale completions change nothing.
-    fn prop_balancer_never_picks_removed_zero_weight_or_ejected(ops: Vec<Op>, seed: u64) -> bool {
+    /// is ready or in probation, or, when none is, the ejected one whose
+    /// ejection ends first, as its probe; errors are returned exactly when
+    /// nothing is pickable that way and say which case holds; pending counts
+    /// equal the dispatches outstanding; stale completions change nothing.
+    fn prop_balancer_picks_only_live_weighted_available_endpoints(ops: Vec<Op>, seed: u64) -> bool {
         let mut r = SmallRng::seed_from_u64(seed);
         let mut b: Balancer<u8> = Balancer::new(BalanceConfig {
             accrual: AccrualConfig {
@@ -158,6 +215,13 @@ quickcheck! {
                         let id = b.id_of(k).unwrap();
                         matches!(b.health(id), Some(Health::Ready | Health::Probation))
                     }).count();
+                    // Weighted endpoints sitting out an ejection, and the
+                    // earliest end among them.
+                    let ejection_ends: Vec<Instant> = model.iter().filter(|&(_, w)| *w > 0).filter_map(|(k, _)| {
+                        match b.health(b.id_of(k).unwrap()) { Some(Health::Ejected { until }) => Some(until), _ => None }
+                    }).collect();
+                    let waiting = ejection_ends.len();
+                    let soonest = ejection_ends.iter().min().copied();
                     let before: BTreeMap<u8, Option<Health>> =
                         model.keys().map(|k| (*k, b.health(b.id_of(k).unwrap()))).collect();
                     match b.pick(now, &mut r) {
@@ -171,14 +235,19 @@ quickcheck! {
                             match before.get(&k).copied().flatten() {
                                 Some(Health::Ready) => if d.is_probe() { return false; },
                                 Some(Health::Probation) => if !d.is_probe() { return false; },
+                                // Nothing pickable: the ejection that ends
+                                // first ends now, and this is its probe.
+                                Some(Health::Ejected { until }) => {
+                                    if pickable != 0 || !d.is_probe() || Some(until) != soonest { return false; }
+                                }
                                 _ => return false,
                             }
                             if !matches!(b.health(d.endpoint()), Some(Health::Ready | Health::Probing)) { return false; }
-                            if pickable == 0 { return false; }
+                            if pickable == 0 && waiting == 0 { return false; }
                             outstanding.push(d);
                         }
                         Err(PickError::NoEndpoints) => if model.values().any(|w| *w > 0) { return false },
-                        Err(PickError::AllEjected { .. }) => if pickable != 0 || model.values().all(|w| *w == 0) { return false },
+                        Err(PickError::AllEjected) => if pickable != 0 || waiting != 0 || model.values().all(|w| *w == 0) { return false },
                     }
                 }
                 Op::Complete(i, kind) => {

@@ -219,7 +219,7 @@ impl<N: Network> Destination<N> {
         } = &mut *inner;
         let state = backends.get_mut(backend).ok_or(ProxyError::NoBackend)?;
         let dispatch = state.balancer.pick(now, rng).map_err(|e| match e {
-            PickError::AllEjected { .. } => ProxyError::AllEjected,
+            PickError::AllEjected => ProxyError::AllEjected,
             _ => ProxyError::NoEndpoints,
         })?;
         let client = state
