@@ -451,6 +451,14 @@ pub fn slow_endpoint_shunned(run: &Run) -> Verdict {
 /// success shows what a single attempt achieves. The extra load stays
 /// within the budget ([`retries_within_budget`]). Plain HTTP requests
 /// only; gRPC calls have [`grpc_retries_recover_success`].
+///
+/// Requests sent while a server is down (from its crash to
+/// [`CRASH_RECOVERY`] after its restart) are left out: with a healthy
+/// endpoint gone, the budget (20 % of requests) cannot pay for the
+/// retries 90 % would take, by design (`grpc` seeds 463, 1103, 1202:
+/// GETs at 64–89 %, with both healthy servers down in 463 and 1202). A
+/// run with fewer than 100 GETs and 20 POSTs left to judge by does not
+/// exercise the oracle.
 pub fn retries_recover_success(run: &Run) -> Verdict {
     retries_recover(run, false)
 }
@@ -462,7 +470,37 @@ pub fn grpc_retries_recover_success(run: &Run) -> Verdict {
     retries_recover(run, true)
 }
 
+/// How long after a crashed server restarts the requests sent are still
+/// left out of [`retries_recover_success`]: its connections are re-made
+/// and failure accrual lets it back in (a probe after at most one early
+/// ejection's end, see `needle_core::balance`).
+pub const CRASH_RECOVERY: Duration = Duration::from_secs(1);
+
+/// The spans during which a server was down: from each crash to
+/// [`CRASH_RECOVERY`] after the restart (or the quiet phase) that ended it.
+fn down_windows(run: &Run) -> Vec<(Duration, Duration)> {
+    run.applied
+        .iter()
+        .filter_map(|crash| {
+            let Action::Crash { server } = crash.action else {
+                return None;
+            };
+            let end = run
+                .applied
+                .iter()
+                .filter(|s| s.at >= crash.at)
+                .find(|s| {
+                    matches!(s.action, Action::Bounce { server: b } if b == server)
+                        || s.action == Action::HealAll
+                })
+                .map_or(run.stop_at, |s| s.at);
+            Some((crash.at, end + CRASH_RECOVERY))
+        })
+        .collect()
+}
+
 fn retries_recover(run: &Run, grpc: bool) -> Verdict {
+    let down = down_windows(run);
     let ratio = |retry_safe: bool| {
         let sent: Vec<_> = run
             .requests
@@ -471,6 +509,9 @@ fn retries_recover(run: &Run, grpc: bool) -> Verdict {
                 r.call.is_some() == grpc
                     && r.retry_safe() == retry_safe
                     && r.sent_at < run.quiet_from
+                    && !down
+                        .iter()
+                        .any(|&(from, to)| r.sent_at >= from && r.sent_at < to)
             })
             .collect();
         let ok = sent.iter().filter(|r| r.succeeded()).count();
@@ -491,12 +532,11 @@ fn retries_recover(run: &Run, grpc: bool) -> Verdict {
     } else {
         ("GET", "POST")
     };
-    let mut problems = Vec::new();
     if gets < 100 || posts < 20 {
-        problems.push(format!(
-            "too few requests: {gets} {safe}, {posts} {unsafe_}"
-        ));
-    } else if get < 0.9 || smoothed(get_ok, gets) <= smoothed(post_ok, posts) {
+        return Verdict::new(false, Vec::new());
+    }
+    let mut problems = Vec::new();
+    if get < 0.9 || smoothed(get_ok, gets) <= smoothed(post_ok, posts) {
         problems.push(format!(
             "{safe} success {:.1} % ({gets}), {unsafe_} {:.1} % ({posts})",
             get * 100.0,
@@ -960,8 +1000,58 @@ mod tests {
         };
         assert_eq!(grpc_retries_recover_success(&calls(2)).violation, None);
         assert!(grpc_retries_recover_success(&calls(25)).violation.is_some());
-        // Plain HTTP requests are another oracle's.
-        assert!(retries_recover_success(&calls(2)).violation.is_some());
+        // Plain HTTP requests are another oracle's: none here to judge by.
+        assert_eq!(
+            retries_recover_success(&calls(2)),
+            Verdict::new(false, Vec::new())
+        );
+    }
+
+    /// `grpc` seed 1202: both healthy servers down for two seconds, GETs
+    /// failing there as often as POSTs. Requests sent while a server is
+    /// down are not judged; the same failures outside that span are.
+    #[test]
+    fn requests_sent_while_a_server_is_down_are_not_judged() {
+        let answered = |id: u64, method: &'static str, sent: u64, failed: bool| {
+            request(id, method, sent, if failed { id + 1 } else { id })
+        };
+        // 200 GETs and 40 POSTs over the traffic phase (one every 25 ms
+        // and 150 ms); the 40 GETs sent from 2 s to 3 s fail (80 %).
+        let run = |crash: Option<(u64, u64)>| {
+            let mut requests: Vec<_> = (0..200)
+                .map(|i| {
+                    let sent = i * 25;
+                    answered(i, "GET", sent, (2000..3000).contains(&sent))
+                })
+                .collect();
+            requests.extend((200..240).map(|i| answered(i, "POST", (i - 200) * 150, i % 3 == 0)));
+            let mut run = run_with(requests, vec![]);
+            if let Some((down, up)) = crash {
+                run.applied = vec![
+                    Scheduled {
+                        at: ms(down),
+                        action: Action::Crash { server: 1 },
+                    },
+                    Scheduled {
+                        at: ms(up),
+                        action: Action::Bounce { server: 1 },
+                    },
+                ];
+            }
+            run
+        };
+        assert!(retries_recover_success(&run(None)).violation.is_some());
+        assert_eq!(
+            retries_recover_success(&run(Some((2000, 2000)))),
+            Verdict::new(true, Vec::new()),
+            "down from 2 s until 1 s after the restart"
+        );
+        assert!(
+            retries_recover_success(&run(Some((3500, 4000))))
+                .violation
+                .is_some(),
+            "a crash elsewhere excuses nothing"
+        );
     }
 
     /// Half-fail seed 2188: every POST happened to succeed (failure accrual
