@@ -445,8 +445,30 @@ impl<K: Ord + Clone> Balancer<K> {
     /// would end first into probation now and returns its index (see the
     /// module docs: a recovered service is not kept waiting for a backoff).
     /// `None` when no weighted endpoint is ejected: every one has its probe
-    /// in flight. Scans the timers; this path is the rare one.
+    /// in flight.
+    ///
+    /// This runs on every request during an outage, so it must stay cheap:
+    /// it pops stale timers (removed endpoints, superseded or ended
+    /// ejections) off the top of the heap and the promoted endpoint's own,
+    /// so the heap holds about one timer per ejected endpoint however many
+    /// probes fail. Only when the earliest ejection is of an endpoint
+    /// weighted 0 (which takes no traffic but keeps its timer) does it scan.
     fn end_first_ejection(&mut self) -> Option<u32> {
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            let id = EndpointId { index, generation };
+            match self.endpoint(id) {
+                Some(e) if e.accrual.poll_timeout() == Some(at) => {
+                    if e.weight == 0 {
+                        break;
+                    }
+                    self.timers.pop();
+                    return self.promote(index);
+                }
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
         let (_, index) = self
             .timers
             .iter()
@@ -456,6 +478,12 @@ impl<K: Ord + Clone> Balancer<K> {
                 waiting.then_some((at, index))
             })
             .min()?;
+        self.promote(index)
+    }
+
+    /// Ends endpoint `index`'s ejection now (its timer, if still queued,
+    /// goes stale) and makes it pickable as a probe.
+    fn promote(&mut self, index: u32) -> Option<u32> {
         let e = self.slots[index as usize].endpoint.as_mut()?;
         e.accrual.end_ejection_early();
         self.sync_ready(index);

@@ -87,6 +87,29 @@ fn with_everything_ejected_the_soonest_due_is_probed_at_once() {
     assert_eq!(b.health(other), Some(Health::Probing));
 }
 
+/// A long outage with fast failures: every request is an early probe that
+/// fails and ejects again. The timer heap must not grow with the probes,
+/// or each request of the outage would scan an ever longer heap.
+#[test]
+fn an_outage_of_failing_probes_keeps_one_timer_per_endpoint() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    for k in 0..3 {
+        b.insert(Instant::ZERO, k, 1);
+    }
+    let mut now = Instant::ZERO;
+    for _ in 0..10_000 {
+        match b.pick(now, &mut r) {
+            Ok(d) => {
+                b.complete(now, d, Completion::Failure, &mut r);
+            }
+            Err(e) => panic!("nothing in flight, yet {e}"),
+        }
+        now += Duration::from_millis(1);
+        assert!(b.timers.len() <= 3, "{} timers", b.timers.len());
+    }
+}
+
 #[test]
 fn an_ejection_is_not_ended_early_while_another_endpoint_is_ready() {
     let mut r = rng();
