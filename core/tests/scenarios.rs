@@ -175,82 +175,49 @@ fn scenario_weights_are_honoured_under_load() {
 }
 
 #[test]
-fn scenario_failing_endpoint_is_ejected_then_recovered() {
-    // Five endpoints; endpoint 0 fails everything for the first 20 s, then
-    // heals. It must be ejected after 7 consecutive failures, receive only
-    // single probes while out, and be taken back after it heals.
+fn scenario_failing_endpoint_gets_a_trickle_then_its_share_back() {
+    // Five endpoints; endpoint 0 fails everything, at once, for the first
+    // 20 s, then heals. Its failures drive its success rate to the floor, so
+    // it loses every pick against a healthy peer with little in flight: it
+    // gets only a trickle of requests while its failures are forgotten
+    // (decay 10 s), too few in a row for failure accrual to eject it (which
+    // is the backstop for an endpoint the balancer cannot avoid, see
+    // `scenario_all_endpoints_failing_get_a_probe_each_and_recover_at_once`).
+    // Once it heals, its next answers bring it back.
     let mut b = balancer(5);
-    let mut log: Vec<(Instant, Transition)> = Vec::new();
     let heal = Instant::from_secs(20);
     let (picks, trace) = run_balancer(
         &mut b,
         Load {
             endpoints: 5,
             gap: Duration::from_millis(5),
-            end: Instant::from_secs(120),
-            count_from: Instant::from_secs(90),
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(30),
             seed: 4,
         },
         |_, _| Duration::from_millis(10),
         |i, sent| i != 0 || sent >= heal,
-        |t, i, tr| {
-            if i == 0 {
-                log.push((t, tr))
-            }
-        },
+        |_, _, _| {},
     );
-    let first = log.first().copied();
-    assert!(
-        matches!(first, Some((t, Transition::Ejected { .. })) if t < Instant::from_millis(500)),
-        "{log:?}"
-    );
-    let recovered = log
+    let failed = trace
         .iter()
-        .find(|(_, tr)| *tr == Transition::Recovered)
-        .map(|(t, _)| *t);
-    let recovered = recovered.expect("endpoint 0 must recover");
-    assert!(
-        recovered >= heal && recovered < heal + Duration::from_secs(61),
-        "{recovered:?}"
-    );
-    // From the first ejection until recovery the endpoint only ever got
-    // probes, one per ejection (each probe's answer decides: eject again,
-    // or recover).
-    let ejections = log
-        .iter()
-        .filter(|(_, tr)| matches!(tr, Transition::Ejected { .. }))
+        .filter(|(t, i, _)| *i == 0 && *t < heal)
         .count();
-    let ejected_at = first.unwrap().0;
-    let while_out: Vec<_> = trace
+    let back = trace
         .iter()
-        .filter(|(t, i, _)| *i == 0 && *t > ejected_at && *t < recovered)
-        .collect();
-    assert!(
-        while_out.iter().all(|(_, _, probe)| *probe),
-        "{while_out:?}"
-    );
-    assert_eq!(while_out.len(), ejections, "{while_out:?} {log:?}");
+        .filter(|(t, i, _)| *i == 0 && *t >= heal)
+        .map(|(t, _, _)| *t)
+        .nth(10)
+        .expect("endpoint 0 takes traffic after it heals");
     let share = picks[0] as f64 / picks.iter().sum::<u64>() as f64;
-    let backoffs: Vec<String> = log
-        .iter()
-        .filter_map(|&(t, tr)| match tr {
-            Transition::Ejected { until } => {
-                Some(format!("{:.1} s", (until - t).as_nanos() as f64 / 1e9))
-            }
-            _ => None,
-        })
-        .collect();
     println!(
-        "failing endpoint: ejected at {:?}, {} ejections (backoffs {}), recovered at {recovered:?}; share over the last 30 s {:.1}%",
-        first.unwrap().0,
-        ejections,
-        backoffs.join(", "),
+        "failing endpoint: {failed} of {} requests while failing for 20 s; its 10th request after healing at {back:?}; share over the last 30 s {:.1}%",
+        trace.iter().filter(|(t, _, _)| *t < heal).count(),
         share * 100.0
     );
-    assert!(
-        share > 0.10,
-        "recovered endpoint takes traffic again: {share}"
-    );
+    assert!(failed <= 20, "{failed} requests to a failing endpoint");
+    assert!(back < heal + Duration::from_secs(10), "{back:?}");
+    assert!(share > 0.15, "the healed endpoint takes its share: {share}");
     assert_eq!(b.health(b.id_of(&0).unwrap()), Some(Health::Ready));
 }
 
@@ -300,6 +267,125 @@ fn scenario_all_endpoints_failing_get_a_probe_each_and_recover_at_once() {
     let d = b.pick(now, &mut rng).expect("the recovered endpoint");
     assert!(!d.is_probe());
     assert_eq!(d.endpoint(), id);
+}
+
+/// Whether endpoint 0's request sent at `sent` fails, when it fails every
+/// other request (by send time, so that latency and outcome agree).
+fn half_fails(sent: Instant, gap: Duration) -> bool {
+    (u128::from(sent.as_nanos()) / gap.as_nanos()) % 2 == 1
+}
+
+/// The share endpoint 0 gets among four when it fails half its requests
+/// fast (1 ms) and answers the rest in `latency`, as the other three always
+/// do, at one request every `gap` for a minute.
+fn half_failing_share(gap: Duration, latency: Duration, seed: u64) -> f64 {
+    let mut b = balancer(4);
+    let fails = |i: usize, sent: Instant| i == 0 && half_fails(sent, gap);
+    let (picks, _) = run_balancer(
+        &mut b,
+        Load {
+            endpoints: 4,
+            gap,
+            end: Instant::from_secs(60),
+            count_from: Instant::from_secs(5),
+            seed,
+        },
+        |i, sent| {
+            if fails(i, sent) {
+                Duration::from_millis(1)
+            } else {
+                latency
+            }
+        },
+        |i, sent| !fails(i, sent),
+        |_, _, _| {},
+    );
+    let total: u64 = picks.iter().sum();
+    picks[0] as f64 / total as f64
+}
+
+#[test]
+fn scenario_an_endpoint_failing_half_its_requests_fast_gets_little_traffic() {
+    // Latency alone would favour it: its failures are the fastest answers.
+    // Its success rate (about ½, squared: its cost × 4) keeps it below
+    // its fair 25% share, far below at light load.
+    let light = half_failing_share(Duration::from_millis(10), Duration::from_millis(10), 7);
+    let heavy = half_failing_share(Duration::from_micros(500), Duration::from_millis(100), 8);
+    println!(
+        "endpoint failing half its requests in 1 ms among four: {:.1}% at ~1 in flight, {:.1}% at ~200 in flight",
+        light * 100.0,
+        heavy * 100.0
+    );
+    assert!(light < 0.05, "{light}");
+    assert!(heavy < 0.20, "{heavy}");
+}
+
+/// Endpoint 0 of four misbehaves for requests sent in `[from, to)`
+/// (answering them after `bad_latency`, failed or not), then behaves like
+/// the others again (10 ms). Returns its share over `[count_from, 30 s)`.
+fn share_after_a_bad_spell(
+    from: Instant,
+    to: Instant,
+    bad_latency: Duration,
+    bad_ok: bool,
+    count_from: Instant,
+    seed: u64,
+) -> f64 {
+    let mut b = balancer(4);
+    let bad = |i: usize, sent: Instant| i == 0 && sent >= from && sent < to;
+    let (picks, _) = run_balancer(
+        &mut b,
+        Load {
+            endpoints: 4,
+            gap: Duration::from_millis(5),
+            end: Instant::from_secs(30),
+            count_from,
+            seed,
+        },
+        |i, sent| {
+            if bad(i, sent) {
+                bad_latency
+            } else {
+                Duration::from_millis(10)
+            }
+        },
+        |i, sent| bad_ok || !bad(i, sent),
+        |_, _, _| {},
+    );
+    picks[0] as f64 / picks.iter().sum::<u64>() as f64
+}
+
+#[test]
+fn scenario_an_endpoint_back_from_a_crash_or_a_slow_spell_gets_its_share_again() {
+    // A crash: requests sent to endpoint 0 during 0.6 s time out after
+    // 500 ms. Those timeouts are failures, not latencies, so they do not
+    // keep it dark once it is back (with a 10 s decay they used to, for
+    // about 40 s: the simulator's `grpc` seed 1103).
+    let crash = share_after_a_bad_spell(
+        Instant::from_secs(2),
+        Instant::from_millis(2600),
+        Duration::from_millis(500),
+        false,
+        Instant::from_secs(10),
+        9,
+    );
+    // A slow spell: 4 s of successful answers in 260 ms. The estimate is
+    // stale 2 s after the last one and is measured afresh.
+    let slow = share_after_a_bad_spell(
+        Instant::from_secs(2),
+        Instant::from_secs(6),
+        Duration::from_millis(260),
+        true,
+        Instant::from_secs(10),
+        10,
+    );
+    println!(
+        "endpoint 0 of four, share from 10 s to 30 s: {:.1}% after a 0.6 s crash, {:.1}% after a 4 s slow spell",
+        crash * 100.0,
+        slow * 100.0
+    );
+    assert!(crash > 0.15, "{crash}");
+    assert!(slow > 0.15, "{slow}");
 }
 
 #[test]

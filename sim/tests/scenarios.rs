@@ -26,6 +26,12 @@ const REGRESSIONS: &[(&str, u64)] = &[
     // Both healthy servers down: GETs cannot reach 90 % within the budget;
     // `retries-recover-success` leaves that span out.
     ("grpc", 1202),
+    // A restarted healthy server starved by the 500 ms per-try timeouts in
+    // its peak-EWMA estimate, while the half-failing servers, fast at
+    // failing, drew the traffic: GETs at 89.9 % and 85.2 %. Fixed by
+    // counting failures against the success rate, not the latency.
+    ("grpc", 1103),
+    ("grpc", 2221),
 ];
 
 /// Moves tokio's process-wide task-id counter on, so that the second run of

@@ -40,6 +40,19 @@ impl PeakEwma {
         self.rtt_ns * self.decay_weight(now, decay_ns)
     }
 
+    /// When the estimate last learned from a response (or was created).
+    pub(crate) fn sampled_at(&self) -> Instant {
+        self.stamp
+    }
+
+    /// Replaces the estimate with one observed round-trip time: the old
+    /// estimate no longer describes the endpoint (it is stale, or the
+    /// endpoint just came back from ejection).
+    pub(crate) fn reset(&mut self, now: Instant, rtt: Duration) {
+        self.rtt_ns = rtt.as_nanos() as f64;
+        self.stamp = self.stamp.max(now);
+    }
+
     /// Folds in one observed round-trip time.
     pub(crate) fn observe(&mut self, now: Instant, rtt: Duration, decay_ns: f64) {
         let rtt = rtt.as_nanos() as f64;
@@ -94,6 +107,14 @@ mod tests {
         let mut e = PeakEwma::new(Instant::ZERO, Duration::from_millis(100));
         e.observe(Instant::from_secs(10), Duration::from_millis(50), DECAY);
         assert_eq!(e.estimate(Instant::from_secs(10), DECAY), 50e6);
+    }
+
+    #[test]
+    fn a_reset_replaces_the_estimate_even_downwards() {
+        let mut e = PeakEwma::new(Instant::ZERO, Duration::from_millis(500));
+        e.reset(Instant::from_secs(3), Duration::from_millis(5));
+        assert_eq!(e.estimate(Instant::from_secs(3), DECAY), 5e6);
+        assert_eq!(e.sampled_at(), Instant::from_secs(3));
     }
 
     #[test]

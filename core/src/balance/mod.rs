@@ -6,7 +6,7 @@
 //! request to the cheaper one, where
 //!
 //! ```text
-//! cost = peak-EWMA RTT estimate × (pending requests + 1) / weight
+//! cost = peak-EWMA RTT estimate × (pending requests + 1) / (weight × success rate²)
 //! ```
 //!
 //! This is the balancer of Finagle and Linkerd. Two random choices, rather
@@ -19,6 +19,29 @@
 //! flooded. Dividing by the weight makes an endpoint of weight 2 look half
 //! as loaded as its peers, so under load it carries about twice their
 //! in-flight requests (the same reading of weights as Linkerd's).
+//!
+//! # Failures count against success, not latency
+//!
+//! Latency alone is blind to failures: an endpoint that fails fast looks
+//! fastest, and one whose requests time out while it is down takes those
+//! timeouts as its estimate and then, once restarted, is starved for the
+//! tens of seconds the estimate needs to decay (the simulator's `grpc`
+//! seeds 1103 and 2221 showed both at once). So the RTT estimate learns
+//! from successful responses only, and failures lower the endpoint's recent
+//! success rate (`balance/success.rs`), whose square divides the cost: an
+//! endpoint failing half its requests costs four times as much.
+//!
+//! # A stale estimate is re-measured
+//!
+//! An estimate only changes when the endpoint answers, and an endpoint that
+//! looks expensive is not picked, so a slow spell that has ended could keep
+//! an endpoint dark until its estimate decays. When an endpoint has had
+//! nothing in flight and no successful response for
+//! [`BalanceConfig::stale_after`] (2 s), its estimate is *stale*: a pick that
+//! draws it against a fresh endpoint compares the two on load, weight and
+//! success rate alone, and the RTT of the request it then gets replaces its
+//! estimate. A slow endpoint therefore takes about one request per
+//! `stale_after`, and a recovered one is back after one answer.
 //!
 //! # A set that changes under traffic
 //!
@@ -53,6 +76,7 @@
 //! its probe in flight; fail fast rather than queue).
 
 mod ewma;
+mod success;
 
 use crate::accrual::{Accrual, AccrualConfig, Health, Transition};
 use crate::time::{Duration, Instant};
@@ -60,6 +84,7 @@ use ewma::PeakEwma;
 use rand::Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use success::SuccessRate;
 
 /// Configuration of a [`Balancer`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,8 +93,12 @@ pub struct BalanceConfig {
     /// 30 ms). Low enough that new endpoints get tried, high enough that
     /// they do not take all traffic at once.
     pub default_rtt: Duration,
-    /// Time constant of the RTT estimate's decay (default 10 s).
+    /// Time constant of the RTT estimate's decay and of the success rate's
+    /// memory (default 10 s).
     pub decay: Duration,
+    /// How long an idle endpoint's RTT estimate is trusted without a
+    /// successful response (default 2 s); see the [module docs](self).
+    pub stale_after: Duration,
     /// Failure accrual of each endpoint.
     pub accrual: AccrualConfig,
 }
@@ -79,6 +108,7 @@ impl Default for BalanceConfig {
         BalanceConfig {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            stale_after: Duration::from_secs(2),
             accrual: AccrualConfig::default(),
         }
     }
@@ -102,6 +132,9 @@ pub struct Dispatch {
     endpoint: EndpointId,
     sent_at: Instant,
     probe: bool,
+    /// The endpoint's estimate was stale when picked: this request's RTT
+    /// replaces it.
+    resample: bool,
 }
 
 impl Dispatch {
@@ -151,10 +184,30 @@ struct Endpoint<K> {
     key: K,
     weight: u32,
     ewma: PeakEwma,
+    success: SuccessRate,
     pending: u32,
     accrual: Accrual,
     /// Position in `Balancer::ready`, if pickable.
     ready_pos: Option<u32>,
+}
+
+impl<K> Endpoint<K> {
+    /// `(pending + 1) / (weight × success rate²)`, times the RTT estimate
+    /// when `with_rtt`.
+    fn cost(&self, now: Instant, decay_ns: f64, with_rtt: bool) -> f64 {
+        let load = (f64::from(self.pending) + 1.0)
+            / (f64::from(self.weight.max(1)) * self.success.cost_divisor(now, decay_ns));
+        if with_rtt {
+            self.ewma.estimate(now, decay_ns) * load
+        } else {
+            load
+        }
+    }
+
+    /// Nothing in flight and no successful response for `stale_after`.
+    fn is_stale(&self, now: Instant, stale_after: Duration) -> bool {
+        self.pending == 0 && now.saturating_duration_since(self.ewma.sampled_at()) >= stale_after
+    }
 }
 
 #[derive(Debug)]
@@ -208,6 +261,7 @@ impl<K: Ord + Clone> Balancer<K> {
             key: key.clone(),
             weight,
             ewma: PeakEwma::new(now, self.config.default_rtt),
+            success: SuccessRate::new(now),
             pending: 0,
             accrual: Accrual::new(self.config.accrual),
             ready_pos: None,
@@ -371,21 +425,19 @@ impl<K: Ord + Clone> Balancer<K> {
                     b += 1;
                 }
                 let (ia, ib) = (self.ready[a], self.ready[b]);
-                if self.cost(ib, now) < self.cost(ia, now) {
-                    ib
-                } else {
-                    ia
-                }
+                if self.cheaper(ib, ia, now) { ib } else { ia }
             }
         };
+        let stale_after = self.config.stale_after;
         let slot = &mut self.slots[index as usize];
         let generation = slot.generation;
-        let probe = match slot.endpoint.as_mut() {
+        let (probe, resample) = match slot.endpoint.as_mut() {
             Some(e) => {
+                let resample = e.is_stale(now, stale_after);
                 e.pending = e.pending.saturating_add(1);
-                e.accrual.on_dispatch()
+                (e.accrual.on_dispatch(), resample)
             }
-            None => false,
+            None => (false, false),
         };
         if probe {
             self.sync_ready(index);
@@ -394,11 +446,13 @@ impl<K: Ord + Clone> Balancer<K> {
             endpoint: EndpointId { index, generation },
             sent_at: now,
             probe,
+            resample,
         })
     }
 
     /// Records how a dispatched request ended: updates the endpoint's
-    /// pending count, RTT estimate and failure accrual. A dispatch whose
+    /// pending count, RTT estimate (successes only), success rate and
+    /// failure accrual. A dispatch whose
     /// endpoint was removed meanwhile is ignored. Returns the endpoint's
     /// health transition, if any.
     pub fn complete(
@@ -421,9 +475,21 @@ impl<K: Ord + Clone> Balancer<K> {
             }
             Completion::Success | Completion::Failure => {
                 let rtt = now.saturating_duration_since(dispatch.sent_at);
-                e.ewma.observe(now, rtt, decay_ns);
                 let success = completion == Completion::Success;
-                e.accrual.on_response(now, success, dispatch.probe, rng)
+                if success && dispatch.resample {
+                    e.ewma.reset(now, rtt);
+                } else if success {
+                    e.ewma.observe(now, rtt, decay_ns);
+                }
+                e.success.observe(now, success, decay_ns);
+                let transition = e.accrual.on_response(now, success, dispatch.probe, rng);
+                if transition == Some(Transition::Recovered) {
+                    // The failures that ejected it are over, and its probe
+                    // just measured it afresh.
+                    e.success.reset(now);
+                    e.ewma.reset(now, rtt);
+                }
+                transition
             }
         };
         if let Some(Transition::Ejected { until }) = transition {
@@ -490,14 +556,26 @@ impl<K: Ord + Clone> Balancer<K> {
         Some(index)
     }
 
-    fn cost(&self, index: u32, now: Instant) -> f64 {
-        match &self.slots[index as usize].endpoint {
-            Some(e) => {
-                e.ewma.estimate(now, self.decay_ns) * (f64::from(e.pending) + 1.0)
-                    / f64::from(e.weight.max(1))
-            }
-            None => f64::INFINITY,
+    /// Whether endpoint `a` is cheaper than `b` at `now`. When exactly one
+    /// of them has a stale RTT estimate, the estimates are left out of the
+    /// comparison and the stale one wins a tie (see the module docs).
+    fn cheaper(&self, a: u32, b: u32, now: Instant) -> bool {
+        let (Some(ea), Some(eb)) = (
+            self.slots[a as usize].endpoint.as_ref(),
+            self.slots[b as usize].endpoint.as_ref(),
+        ) else {
+            return false;
+        };
+        let stale_after = self.config.stale_after;
+        let (a_stale, b_stale) = (ea.is_stale(now, stale_after), eb.is_stale(now, stale_after));
+        if a_stale == b_stale {
+            return ea.cost(now, self.decay_ns, true) < eb.cost(now, self.decay_ns, true);
         }
+        let (ca, cb) = (
+            ea.cost(now, self.decay_ns, false),
+            eb.cost(now, self.decay_ns, false),
+        );
+        ca < cb || (ca == cb && a_stale)
     }
 
     fn endpoint(&self, id: EndpointId) -> Option<&Endpoint<K>> {

@@ -21,27 +21,36 @@ fn empty_and_zero_weight_sets_report_no_endpoints() {
     );
 }
 
+/// Fails requests to `id` until accrual ejects it. The others are weighted
+/// 0 meanwhile: a failing endpoint soon loses every pick to a healthy one
+/// (its success rate), so it could not otherwise be made to fail in a row.
+fn eject(b: &mut Balancer<u32>, id: EndpointId, others: &[EndpointId], now: Instant) {
+    let mut r = rng();
+    for &o in others {
+        b.set_weight(o, 0);
+    }
+    loop {
+        let d = b.pick(now, &mut r).unwrap();
+        assert_eq!(d.endpoint(), id);
+        if let Some(Transition::Ejected { .. }) = b.complete(now, d, Completion::Failure, &mut r) {
+            break;
+        }
+    }
+    for &o in others {
+        b.set_weight(o, 1);
+    }
+}
+
 #[test]
 fn with_everything_ejected_the_soonest_due_is_probed_at_once() {
     let mut r = rng();
     let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
     let first = b.insert(Instant::ZERO, 1, 1);
     let second = b.insert(Instant::ZERO, 2, 1);
-    let mut eject = |b: &mut Balancer<u32>, id: EndpointId, now: Instant| {
-        let mut until = None;
-        while until.is_none() {
-            let d = b.pick(now, &mut r).unwrap();
-            if let Some(Transition::Ejected { until: u }) =
-                b.complete(now, d, Completion::Failure, &mut r)
-            {
-                until = (b.health(id) == Some(Health::Ejected { until: u })).then_some(u);
-            }
-        }
-    };
-    eject(&mut b, first, Instant::ZERO);
+    eject(&mut b, first, &[second], Instant::ZERO);
     assert_eq!(b.ready_len(), 1);
     let later = Instant::from_millis(10);
-    eject(&mut b, second, later);
+    eject(&mut b, second, &[], later);
     assert_eq!(b.ready_len(), 0);
     let Some(Health::Ejected { until: first_until }) = b.health(first) else {
         panic!("first is ejected");
@@ -116,15 +125,8 @@ fn an_ejection_is_not_ended_early_while_another_endpoint_is_ready() {
     let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
     let bad = b.insert(Instant::ZERO, 1, 1);
     let good = b.insert(Instant::ZERO, 2, 1);
-    while b.ready_len() == 2 {
-        let d = b.pick(Instant::ZERO, &mut r).unwrap();
-        let completion = if d.endpoint() == bad {
-            Completion::Failure
-        } else {
-            Completion::Success
-        };
-        b.complete(Instant::ZERO, d, completion, &mut r);
-    }
+    eject(&mut b, bad, &[good], Instant::ZERO);
+    assert_eq!(b.ready_len(), 1);
     for _ in 0..100 {
         let d = b.pick(Instant::ZERO, &mut r).unwrap();
         assert_eq!(d.endpoint(), good);
@@ -176,6 +178,98 @@ fn the_cheaper_of_two_wins() {
         assert_eq!(d.endpoint(), fast);
         b.complete(now, d, Completion::Success, &mut r);
     }
+}
+
+#[test]
+fn a_failure_never_changes_the_rtt_estimate() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let id = b.insert(Instant::ZERO, 1, 1);
+    let before = b.rtt_estimate(id, Instant::ZERO);
+    // A timeout after 500 ms, and a fast failure: neither is a latency.
+    for done in [Instant::from_millis(500), Instant::ZERO] {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        b.complete(done, d, Completion::Failure, &mut r);
+    }
+    let decay = BalanceConfig::default().decay.as_nanos() as f64;
+    let decayed = before.unwrap().as_nanos() as f64 * (-0.5e9 / decay).exp();
+    let after = b.rtt_estimate(id, Instant::from_millis(500)).unwrap();
+    assert!((after.as_nanos() as f64 - decayed).abs() < 1e3, "{after:?}");
+}
+
+#[test]
+fn a_failing_endpoint_loses_to_an_equally_fast_one() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let failing = b.insert(Instant::ZERO, 1, 1);
+    let healthy = b.insert(Instant::ZERO, 2, 1);
+    // Both answer in 10 ms; `failing` fails every other request (too few in
+    // a row to be ejected), and answers those failures at once.
+    let mut now = Instant::ZERO;
+    for (id, other) in [(failing, healthy), (healthy, failing)] {
+        b.set_weight(other, 0);
+        for turn in 0..20 {
+            let d = b.pick(now, &mut r).unwrap();
+            assert_eq!(d.endpoint(), id);
+            let (c, rtt) = if id == failing && turn % 2 == 1 {
+                (Completion::Failure, 0)
+            } else {
+                (Completion::Success, 10)
+            };
+            b.complete(now + Duration::from_millis(rtt), d, c, &mut r);
+            now += Duration::from_millis(20);
+        }
+        b.set_weight(other, 1);
+    }
+    assert_eq!(b.health(failing), Some(Health::Ready));
+    // Nothing in flight anywhere: the healthy endpoint wins every pick.
+    for _ in 0..10 {
+        let d = b.pick(now, &mut r).unwrap();
+        assert_eq!(d.endpoint(), healthy);
+        b.complete(now, d, Completion::Cancelled, &mut r);
+    }
+}
+
+#[test]
+fn a_stale_estimate_is_replaced_by_one_fresh_answer() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let slow = b.insert(Instant::ZERO, 1, 1);
+    let fast = b.insert(Instant::ZERO, 2, 1);
+    // `slow` answers one request in 1 s; `fast` keeps answering at once.
+    loop {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        let was_slow = d.endpoint() == slow;
+        let done = if was_slow {
+            Instant::from_secs(1)
+        } else {
+            Instant::ZERO
+        };
+        b.complete(done, d, Completion::Success, &mut r);
+        if was_slow {
+            break;
+        }
+    }
+    // Within `stale_after` of its answer, `slow` gets nothing.
+    let mut now = Instant::from_secs(1);
+    while now < Instant::from_millis(2900) {
+        let d = b.pick(now, &mut r).unwrap();
+        assert_eq!(d.endpoint(), fast, "at {now:?}");
+        assert!(!d.is_probe());
+        b.complete(now, d, Completion::Success, &mut r);
+        now += Duration::from_millis(100);
+    }
+    // Once stale it gets one request (only one: it is then in flight), and
+    // that request's 5 ms replace the 1 s estimate at once.
+    now = Instant::from_secs(3);
+    let d = b.pick(now, &mut r).unwrap();
+    assert_eq!(d.endpoint(), slow);
+    let other = b.pick(now, &mut r).unwrap();
+    assert_eq!(other.endpoint(), fast);
+    b.complete(now, other, Completion::Success, &mut r);
+    let done = now + Duration::from_millis(5);
+    b.complete(done, d, Completion::Success, &mut r);
+    assert_eq!(b.rtt_estimate(slow, done), Some(Duration::from_millis(5)));
 }
 
 #[derive(Clone, Debug)]
