@@ -152,26 +152,32 @@ fn completing_a_request_on_a_removed_endpoint_is_harmless() {
     assert_eq!(b.remove(a), None, "a stale id resolves to nothing");
 }
 
-#[test]
-fn the_cheaper_of_two_wins() {
-    let mut r = rng();
+/// Two endpoints, the balancer taught that `slow` (the first) answers in
+/// 1 s, by picks at 0 s answered by `fast` at once until one lands on
+/// `slow`, answered at 1 s.
+fn one_slow_one_fast(r: &mut SmallRng) -> (Balancer<u32>, EndpointId, EndpointId) {
     let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
     let slow = b.insert(Instant::ZERO, 1, 1);
     let fast = b.insert(Instant::ZERO, 2, 1);
-    // Teach the balancer that `slow` takes 1 s.
     loop {
-        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        let d = b.pick(Instant::ZERO, r).unwrap();
         let was_slow = d.endpoint() == slow;
         let done = if was_slow {
             Instant::from_secs(1)
         } else {
             Instant::ZERO
         };
-        b.complete(done, d, Completion::Success, &mut r);
+        b.complete(done, d, Completion::Success, r);
         if was_slow {
-            break;
+            return (b, slow, fast);
         }
     }
+}
+
+#[test]
+fn the_cheaper_of_two_wins() {
+    let mut r = rng();
+    let (mut b, _, fast) = one_slow_one_fast(&mut r);
     let now = Instant::from_secs(1);
     for _ in 0..10 {
         let d = b.pick(now, &mut r).unwrap();
@@ -233,23 +239,7 @@ fn a_failing_endpoint_loses_to_an_equally_fast_one() {
 #[test]
 fn a_stale_estimate_is_replaced_by_one_fresh_answer() {
     let mut r = rng();
-    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
-    let slow = b.insert(Instant::ZERO, 1, 1);
-    let fast = b.insert(Instant::ZERO, 2, 1);
-    // `slow` answers one request in 1 s; `fast` keeps answering at once.
-    loop {
-        let d = b.pick(Instant::ZERO, &mut r).unwrap();
-        let was_slow = d.endpoint() == slow;
-        let done = if was_slow {
-            Instant::from_secs(1)
-        } else {
-            Instant::ZERO
-        };
-        b.complete(done, d, Completion::Success, &mut r);
-        if was_slow {
-            break;
-        }
-    }
+    let (mut b, slow, fast) = one_slow_one_fast(&mut r);
     // Within `stale_after` of its answer, `slow` gets nothing.
     let mut now = Instant::from_secs(1);
     while now < Instant::from_millis(2900) {
