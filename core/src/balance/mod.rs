@@ -31,17 +31,21 @@
 //! success rate (`balance/success.rs`), whose square divides the cost: an
 //! endpoint failing half its requests costs four times as much.
 //!
-//! # A stale estimate is re-measured
+//! # A stale endpoint is measured afresh
 //!
-//! An estimate only changes when the endpoint answers, and an endpoint that
-//! looks expensive is not picked, so a slow spell that has ended could keep
-//! an endpoint dark until its estimate decays. When an endpoint has had
-//! nothing in flight and no successful response for
-//! [`BalanceConfig::stale_after`] (2 s), its estimate is *stale*: a pick that
-//! draws it against a fresh endpoint compares the two on load, weight and
-//! success rate alone, and the RTT of the request it then gets replaces its
-//! estimate. A slow endpoint therefore takes about one request per
-//! `stale_after`, and a recovered one is back after one answer.
+//! What the balancer knows of an endpoint only changes when the endpoint
+//! answers, and an endpoint that looks expensive is not picked. So a slow
+//! spell or a crash that has ended could keep an endpoint dark: at light
+//! load power-of-two-choices gives every pair to its cheaper member, and
+//! any lasting penalty would starve it. When an endpoint has had nothing in
+//! flight and no successful response for [`BalanceConfig::stale_after`]
+//! (2 s), it is *stale*: a pick that draws it against a fresh endpoint
+//! compares the two on load and weight alone, the stale one winning a tie,
+//! and if the request it then gets succeeds, its RTT replaces the estimate
+//! and its failure history is cleared (good news after a silence replaces
+//! what we knew; a failure counts as usual). A slow or failing endpoint
+//! therefore takes about one request per `stale_after`, and a recovered one
+//! is back after one answer.
 //!
 //! # A set that changes under traffic
 //!
@@ -132,8 +136,8 @@ pub struct Dispatch {
     endpoint: EndpointId,
     sent_at: Instant,
     probe: bool,
-    /// The endpoint's estimate was stale when picked: this request's RTT
-    /// replaces it.
+    /// The endpoint was stale when picked: if this request succeeds, its
+    /// RTT replaces the estimate and the failure history is cleared.
     resample: bool,
 }
 
@@ -192,16 +196,15 @@ struct Endpoint<K> {
 }
 
 impl<K> Endpoint<K> {
-    /// `(pending + 1) / (weight × success rate²)`, times the RTT estimate
-    /// when `with_rtt`.
-    fn cost(&self, now: Instant, decay_ns: f64, with_rtt: bool) -> f64 {
-        let load = (f64::from(self.pending) + 1.0)
-            / (f64::from(self.weight.max(1)) * self.success.cost_divisor(now, decay_ns));
-        if with_rtt {
-            self.ewma.estimate(now, decay_ns) * load
-        } else {
-            load
-        }
+    /// `RTT estimate × (pending + 1) / (weight × success rate²)`.
+    fn cost(&self, now: Instant, decay_ns: f64) -> f64 {
+        self.ewma.estimate(now, decay_ns) * (f64::from(self.pending) + 1.0)
+            / (f64::from(self.weight.max(1)) * self.success.cost_divisor(now, decay_ns))
+    }
+
+    /// `(pending + 1) / weight`: the cost with what may be stale left out.
+    fn load(&self) -> f64 {
+        (f64::from(self.pending) + 1.0) / f64::from(self.weight.max(1))
     }
 
     /// Nothing in flight and no successful response for `stale_after`.
@@ -477,7 +480,9 @@ impl<K: Ord + Clone> Balancer<K> {
                 let rtt = now.saturating_duration_since(dispatch.sent_at);
                 let success = completion == Completion::Success;
                 if success && dispatch.resample {
+                    // Good news after a silence replaces what we knew.
                     e.ewma.reset(now, rtt);
+                    e.success.reset(now);
                 } else if success {
                     e.ewma.observe(now, rtt, decay_ns);
                 }
@@ -557,8 +562,8 @@ impl<K: Ord + Clone> Balancer<K> {
     }
 
     /// Whether endpoint `a` is cheaper than `b` at `now`. When exactly one
-    /// of them has a stale RTT estimate, the estimates are left out of the
-    /// comparison and the stale one wins a tie (see the module docs).
+    /// of them is stale, RTT estimates and success rates are left out of
+    /// the comparison and the stale one wins a tie (see the module docs).
     fn cheaper(&self, a: u32, b: u32, now: Instant) -> bool {
         let (Some(ea), Some(eb)) = (
             self.slots[a as usize].endpoint.as_ref(),
@@ -569,13 +574,10 @@ impl<K: Ord + Clone> Balancer<K> {
         let stale_after = self.config.stale_after;
         let (a_stale, b_stale) = (ea.is_stale(now, stale_after), eb.is_stale(now, stale_after));
         if a_stale == b_stale {
-            return ea.cost(now, self.decay_ns, true) < eb.cost(now, self.decay_ns, true);
+            return ea.cost(now, self.decay_ns) < eb.cost(now, self.decay_ns);
         }
-        let (ca, cb) = (
-            ea.cost(now, self.decay_ns, false),
-            eb.cost(now, self.decay_ns, false),
-        );
-        ca < cb || (ca == cb && a_stale)
+        let (la, lb) = (ea.load(), eb.load());
+        la < lb || (la == lb && a_stale)
     }
 
     fn endpoint(&self, id: EndpointId) -> Option<&Endpoint<K>> {

@@ -262,6 +262,47 @@ fn a_stale_estimate_is_replaced_by_one_fresh_answer() {
     assert_eq!(b.rtt_estimate(slow, done), Some(Duration::from_millis(5)));
 }
 
+#[test]
+fn a_stale_endpoints_first_success_clears_its_failures() {
+    let mut r = rng();
+    let mut b: Balancer<u32> = Balancer::new(BalanceConfig::default());
+    let crashed = b.insert(Instant::ZERO, 1, 1);
+    let peer = b.insert(Instant::ZERO, 2, 1);
+    // Three timeouts (too few to eject), then the peer answers alone.
+    b.set_weight(peer, 0);
+    for _ in 0..3 {
+        let d = b.pick(Instant::ZERO, &mut r).unwrap();
+        b.complete(Instant::from_millis(500), d, Completion::Failure, &mut r);
+    }
+    b.set_weight(peer, 1);
+    let answer = |b: &mut Balancer<u32>, r: &mut SmallRng, now: Instant, ok: bool| {
+        let d = b.pick(now, r).unwrap();
+        let id = d.endpoint();
+        let c = if ok {
+            Completion::Success
+        } else {
+            Completion::Failure
+        };
+        b.complete(now + Duration::from_millis(10), d, c, r);
+        id
+    };
+    // Its failures make it lose every pick while it is fresh.
+    let mut now = Instant::from_millis(500);
+    while now < Instant::from_millis(2000) {
+        assert_eq!(answer(&mut b, &mut r, now, true), peer, "at {now:?}");
+        now += Duration::from_millis(100);
+    }
+    // 2 s without a success: stale, it wins a tie (as it would again after
+    // a failure, until failure accrual ejects it, see
+    // `scenario_failing_endpoint_is_ejected_then_recovered`). Its success
+    // clears the failures, and with them the penalty: it is as cheap as
+    // its peer again.
+    assert_eq!(answer(&mut b, &mut r, now, true), crashed);
+    now += Duration::from_millis(100);
+    let picks: Vec<_> = (0..20).map(|_| answer(&mut b, &mut r, now, true)).collect();
+    assert!(picks.contains(&crashed), "{picks:?}");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Insert(u8, u8),
