@@ -100,8 +100,9 @@ pub struct BalanceConfig {
     /// Time constant of the RTT estimate's decay and of the success rate's
     /// memory (default 10 s).
     pub decay: Duration,
-    /// How long an idle endpoint's RTT estimate is trusted without a
-    /// successful response (default 2 s); see the [module docs](self).
+    /// How long what the balancer knows of an idle endpoint (its RTT
+    /// estimate and success rate) is trusted without a successful response
+    /// (default 2 s); see the [module docs](self).
     pub stale_after: Duration,
     /// Failure accrual of each endpoint.
     pub accrual: AccrualConfig,
@@ -455,9 +456,8 @@ impl<K: Ord + Clone> Balancer<K> {
 
     /// Records how a dispatched request ended: updates the endpoint's
     /// pending count, RTT estimate (successes only), success rate and
-    /// failure accrual. A dispatch whose
-    /// endpoint was removed meanwhile is ignored. Returns the endpoint's
-    /// health transition, if any.
+    /// failure accrual. A dispatch whose endpoint was removed meanwhile is
+    /// ignored. Returns the endpoint's health transition, if any.
     pub fn complete(
         &mut self,
         now: Instant,
