@@ -15,6 +15,14 @@
 
 use crate::time::{Duration, Instant};
 
+/// How much of a value stamped at `stamp` is left at `now`, decaying with
+/// time constant `decay_ns`: `exp(-Δt / decay)`. Shared by the RTT
+/// estimate and the success rate, which forget at the same pace.
+pub(crate) fn decay_weight(stamp: Instant, now: Instant, decay_ns: f64) -> f64 {
+    let elapsed = now.saturating_duration_since(stamp).as_nanos() as f64;
+    (-elapsed / decay_ns).exp()
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeakEwma {
     /// The estimate at `stamp`, in nanoseconds.
@@ -31,8 +39,7 @@ impl PeakEwma {
     }
 
     fn decay_weight(&self, now: Instant, decay_ns: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
-        (-elapsed / decay_ns).exp()
+        decay_weight(self.stamp, now, decay_ns)
     }
 
     /// The estimate at `now`, in nanoseconds.

@@ -20,6 +20,7 @@
 //! (`error_utilization_penalty`), ServiceTalk's error penalty and MOSN's
 //! success-rate weighting; the squared ratio with a floor is ours.
 
+use super::ewma::decay_weight;
 use crate::time::Instant;
 
 /// Pseudo-successes added to the decayed counts.
@@ -46,8 +47,7 @@ impl SuccessRate {
     }
 
     fn weight(&self, now: Instant, decay_ns: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
-        (-elapsed / decay_ns).exp()
+        decay_weight(self.stamp, now, decay_ns)
     }
 
     /// Counts one response.
