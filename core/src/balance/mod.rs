@@ -43,9 +43,10 @@
 //! compares the two on load and weight alone, the stale one winning a tie,
 //! and if the request it then gets succeeds, its RTT replaces the estimate
 //! and its failure history is cleared (good news after a silence replaces
-//! what we knew; a failure counts as usual). A slow or failing endpoint
-//! therefore takes about one request per `stale_after`, and a recovered one
-//! is back after one answer.
+//! what we knew; a failure counts as usual). A slow endpoint therefore
+//! takes about one request per `stale_after`, a dead one wins ties until
+//! failure accrual ejects it, and a recovered one is back after one
+//! answer.
 //!
 //! # A set that changes under traffic
 //!

@@ -187,10 +187,10 @@ async fn attempt_once<N: Network>(
         Some(d) => match tokio::time::timeout_at(proxy.tokio_instant(d), send).await {
             Ok(r) => r,
             Err(_) => {
-                // A per-try timeout teaches the balancer that the endpoint
-                // is slow (its RTT estimate sees the full wait) and counts
-                // towards failure accrual; the request's own deadline says
-                // nothing about the endpoint (it may have started late).
+                // A per-try timeout is a failure: it lowers the endpoint's
+                // success rate in the balancer and counts towards failure
+                // accrual; the request's own deadline says nothing about
+                // the endpoint (it may have started late).
                 let completion = if per_try {
                     Completion::Failure
                 } else {
